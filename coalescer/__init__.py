@@ -1,0 +1,33 @@
+"""The coalescer: merges bursts of hotplug events into batches.
+
+Pure core (:class:`RangeSet`, :class:`BatchBuilder`, :class:`Coalescer`,
+:func:`coalesce`) plus a trio stage (:class:`CoalescerStage`,
+:func:`run_pipeline`) that closes a batch when no event arrived for ``quiet``
+seconds or ``max_delay`` after its first event, and hands batches to one
+:class:`BatchConsumer` (the updater) one at a time.
+"""
+
+from ._batch import Batch, BatchBuilder, NetPair
+from ._core import Coalescer, OpenBatch, coalesce
+from ._dedup import Deduplicator
+from ._observer import FanOut, Observer
+from ._policy import Policy
+from ._rangeset import RangeSet
+from ._stage import BatchConsumer, CoalescerStage, run_pipeline
+
+__all__ = [
+    "Batch",
+    "BatchBuilder",
+    "BatchConsumer",
+    "Coalescer",
+    "CoalescerStage",
+    "Deduplicator",
+    "FanOut",
+    "NetPair",
+    "Observer",
+    "OpenBatch",
+    "Policy",
+    "RangeSet",
+    "coalesce",
+    "run_pipeline",
+]

@@ -97,11 +97,11 @@ def item_from_json(record: Mapping[str, Any]) -> SourceItem:
     if kind != "event":
         raise ValueError(f"not an event record: type {kind!r}")
     try:
-        ev_kind = Kind(record.get("kind"))
+        ev_kind = Kind(str(record.get("kind")))
     except ValueError:
         raise ValueError(f"unknown kind {record.get('kind')!r}") from None
     try:
-        action = Action(record.get("action"))
+        action = Action(str(record.get("action")))
     except ValueError:
         raise ValueError(f"unknown action {record.get('action')!r}") from None
     ret = record.get("ret")
