@@ -14,6 +14,7 @@ from ._event import (
     MemoryRange,
     SourceItem,
 )
+from ._kexec_log import KexecCall, KexecCallLog
 from ._source import EventSource
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "EventSource",
     "EventsLost",
     "HotplugEvent",
+    "KexecCall",
+    "KexecCallLog",
     "Kind",
     "MemoryRange",
     "SourceItem",
