@@ -13,11 +13,13 @@ from ._dedup import Deduplicator
 from ._observer import FanOut, Observer
 from ._policy import Policy
 from ._rangeset import RangeSet
+from ._recorder import BatchRecorder, TraceObserver
 from ._stage import BatchConsumer, CoalescerStage, run_pipeline
 
 __all__ = [
     "Batch",
     "BatchBuilder",
+    "BatchRecorder",
     "BatchConsumer",
     "Coalescer",
     "CoalescerStage",
@@ -28,6 +30,7 @@ __all__ = [
     "OpenBatch",
     "Policy",
     "RangeSet",
+    "TraceObserver",
     "coalesce",
     "run_pipeline",
 ]

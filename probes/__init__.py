@@ -15,9 +15,25 @@ from ._event import (
     SourceItem,
 )
 from ._kexec_log import KexecCall, KexecCallLog
+from ._replay import ReplaySource, replay_scenario, replay_trace
+from ._scenario import SCENARIOS, Scenario, build_scenario
+from ._select import SOURCE_SPECS, SourceSelection, open_sources
 from ._source import EventSource
+from ._units import format_size, parse_duration_ns, parse_size
 
 __all__ = [
+    "SCENARIOS",
+    "SOURCE_SPECS",
+    "ReplaySource",
+    "Scenario",
+    "SourceSelection",
+    "build_scenario",
+    "format_size",
+    "open_sources",
+    "parse_duration_ns",
+    "parse_size",
+    "replay_scenario",
+    "replay_trace",
     "REMOVALS",
     "STATE_CHANGES",
     "Action",

@@ -1,0 +1,45 @@
+"""Pieces several commands share: loading the config, the policy flags."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from typing import Any
+
+from coalescer import Policy
+
+from ..config import add_section_flags, check_sections, load_toml, section_from
+
+DEFAULT_CONFIG = "/etc/kdump-coalesce/config.toml"
+
+
+def add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help=f"TOML configuration file (default: {DEFAULT_CONFIG} when it exists; flags override it)",
+    )
+
+
+def add_policy_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("batching policy ([coalescer] in the config file)")
+    add_section_flags(group, "coalescer", Policy)
+
+
+def read_config(args: argparse.Namespace, known_sections: Mapping[str, type[Any]]) -> tuple[dict[str, Any], str]:
+    """The config document (empty when there is none) and its path."""
+    import os
+
+    path = getattr(args, "config", None)
+    if path is None:
+        if not os.path.exists(DEFAULT_CONFIG):
+            return {}, ""
+        path = DEFAULT_CONFIG
+    document = load_toml(path)
+    check_sections(document, known_sections, path)
+    return document, path
+
+
+def policy_from(args: argparse.Namespace, document: Mapping[str, Any], path: str) -> Policy:
+    return section_from(Policy, "coalescer", document, path, args)
