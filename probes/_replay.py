@@ -19,12 +19,18 @@ from .tracefile import TraceReader
 
 
 class ReplaySource:
-    def __init__(self, name: str, items: Sequence[SourceItem], speed: float | None = None) -> None:
+    def __init__(self, name: str, items: Sequence[SourceItem], speed: float | None = None, linger: float = 0.0) -> None:
+        """``linger``: seconds to stay open after the last item, as a live
+        source would, so that the open batch closes by the policy (quiet,
+        max_delay) instead of by end-of-input."""
         if speed is not None and speed <= 0:
             raise ValueError("speed must be > 0")
+        if linger < 0:
+            raise ValueError("linger must be >= 0")
         self._name = name
         self.items = items
         self.speed = speed
+        self.linger = linger
 
     @property
     def name(self) -> str:
@@ -40,6 +46,8 @@ class ReplaySource:
                 if self.speed is not None:
                     await trio.sleep_until(start + max(0, item.ts_ns - t0) / 1e9 / self.speed)
                 await send.send(item)
+            if self.linger:
+                await trio.sleep(self.linger)
 
 
 def replay_trace(path: str, *, speed: float | None = None, lenient: bool = False) -> tuple[ReplaySource, TraceReader]:

@@ -121,8 +121,9 @@ class TraceWriter:
     """Writes a trace; each record is one ``write`` of one line, flushed, so a
     reader (or a crash) never sees half a record except the very last one."""
 
-    def __init__(self, stream: IO[str], header: TraceHeader) -> None:
+    def __init__(self, stream: IO[str], header: TraceHeader, *, owns_stream: bool = False) -> None:
         self._stream = stream
+        self._owns_stream = owns_stream
         self._write(header.to_json())
 
     def _write(self, record: Mapping[str, Any]) -> None:
@@ -138,7 +139,10 @@ class TraceWriter:
         self._write({"type": kind, **record})
 
     def close(self) -> None:
-        self._stream.flush()
+        if self._owns_stream:
+            self._stream.close()
+        else:
+            self._stream.flush()
 
 
 @dataclass
@@ -233,4 +237,4 @@ class TraceReader:
 def open_trace_for_writing(path: str, header: TraceHeader) -> TraceWriter:
     """Create ``path`` (mode 0644, line-buffered) and write the header."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    return TraceWriter(os.fdopen(fd, "w", buffering=1, encoding="utf-8"), header)
+    return TraceWriter(os.fdopen(fd, "w", buffering=1, encoding="utf-8"), header, owns_stream=True)
