@@ -45,8 +45,15 @@ class CoalescerStage:
         self._pending_reason = ""
         self._wakeup = trio.Event()
         self._eof = False
+        self._sources_scope = trio.CancelScope()
         self.deliveries = 0
         self.busy = False
+
+    def stop_sources(self) -> None:
+        """Graceful stop: the sources end, the open batch is flushed and
+        delivered, then the stage returns.  A delivery in progress (a reload)
+        is never cancelled by this."""
+        self._sources_scope.cancel()
 
     @property
     def duplicates(self) -> int:
@@ -133,13 +140,28 @@ async def run_pipeline(
     *,
     task_status: trio.TaskStatus[CoalescerStage] = trio.TASK_STATUS_IGNORED,
 ) -> CoalescerStage:
-    """Run every source into one coalescer stage until all sources finish."""
+    """Run every source into one coalescer stage until all sources finish
+    (or :meth:`CoalescerStage.stop_sources` is called), then deliver what is
+    pending and return the stage (its counters are the run's statistics)."""
     stage = CoalescerStage(policy, consumer, observer)
     send, receive = trio.open_memory_channel[SourceItem](policy.channel_size)
+    clones = [send.clone() for _ in sources]
+    send.close()
+
+    async def run_sources() -> None:
+        try:
+            with stage._sources_scope:
+                async with trio.open_nursery() as nursery:
+                    for source, clone in zip(sources, clones, strict=True):
+                        nursery.start_soon(source.run, clone)
+        finally:
+            # A source cancelled before it started never closed its clone;
+            # the coalescer sees end-of-input only once all are closed.
+            for clone in clones:
+                clone.close()
+
     async with trio.open_nursery() as nursery:
-        async with send:
-            for source in sources:
-                nursery.start_soon(source.run, send.clone())
+        nursery.start_soon(run_sources)
         nursery.start_soon(stage.run, receive)
         task_status.started(stage)
     return stage

@@ -130,3 +130,18 @@ async def test_source_outrunning_a_slow_consumer_is_bounded(autojump_clock: trio
     consumer = SlowConsumer(100.0)
     await run_pipeline([ReplaySource("t", build_scenario("resize:32G:512G").events, None)], consumer, policy)
     assert sum(b.events for b in consumer.batches) == 3840
+
+
+async def test_stop_sources_flushes_and_lets_the_delivery_finish(autojump_clock: trio.testing.MockClock) -> None:
+    consumer = SlowConsumer(5.0)
+    items = [mem(0.0, 0), mem(0.1, 1)]
+    async with trio.open_nursery() as nursery:
+        stage: CoalescerStage = await nursery.start(
+            run_pipeline, [ReplaySource("live", items, 1.0, linger=10_000.0)], consumer, Policy(quiet=30.0, max_delay=60.0)
+        )
+        await trio.sleep(1.0)  # both events in, batch open (quiet is 30 s)
+        assert consumer.batches == [] and stage.open_batch() is not None
+        stage.stop_sources()
+    # the open batch was flushed at stop and delivered in full (5 s consume)
+    (batch,) = consumer.batches
+    assert batch.reason == "eof" and batch.events == 2
