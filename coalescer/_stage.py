@@ -15,6 +15,7 @@ that outruns the coalescer waits in ``send``; nothing grows without bound.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -153,15 +154,29 @@ async def run_pipeline(
             with stage._sources_scope:
                 async with trio.open_nursery() as nursery:
                     for source, clone in zip(sources, clones, strict=True):
-                        nursery.start_soon(source.run, clone)
+                        if _reports_attached(source):
+                            await nursery.start(source.run, clone)
+                        else:
+                            nursery.start_soon(source.run, clone)
+                    attached.set()
         finally:
             # A source cancelled before it started never closed its clone;
             # the coalescer sees end-of-input only once all are closed.
             for clone in clones:
                 clone.close()
+            attached.set()  # also when stopped before every source attached
 
+    attached = trio.Event()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_sources)
         nursery.start_soon(stage.run, receive)
+        nursery.start_soon(run_sources)
+        await attached.wait()
         task_status.started(stage)
     return stage
+
+
+def _reports_attached(source: EventSource) -> bool:
+    try:
+        return "task_status" in inspect.signature(source.run).parameters
+    except (TypeError, ValueError):
+        return False
