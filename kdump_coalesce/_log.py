@@ -62,7 +62,7 @@ class LogObserver:
             self.log(DEBUG, "event", what=item.describe())
 
     def on_batch(self, batch: Batch) -> None:
-        self.log(INFO, batch.describe(), kind="batch", seq=batch.seq, events=batch.events, needs_update=batch.needs_update)
+        self.log(INFO, batch.describe(), kind="batch")
 
     def on_record(self, kind: str, fields: Mapping[str, Any]) -> None:
         if kind == "reload":
