@@ -17,6 +17,12 @@ import os
 from collections.abc import Generator
 
 import pytest
+from hypothesis import settings
+
+# Tests assert behaviour, not timings: no per-example deadline (the machine is
+# shared and has two cores).
+settings.register_profile("kdump-coalesce", deadline=None, print_blob=True)
+settings.load_profile("kdump-coalesce")
 
 ROOT_TIERS = ("kernel", "vm")
 
