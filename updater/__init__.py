@@ -1,0 +1,77 @@
+"""The updater: live state -> elfcorehdr -> one reload per batch.
+
+Public surface:
+
+- :func:`read_snapshot` / :class:`SystemSnapshot`: the live state (events are
+  hints, the snapshot is the truth), JSON save/load for bug reports;
+- :class:`ElfCoreHeader` (+ :class:`HeaderOptions`, :func:`diff_headers`,
+  :func:`diff_snapshots`): the header kexec-tools would build, as bytes;
+- :func:`open_updater` -> :class:`Updater`, the :class:`coalescer.BatchConsumer`
+  the daemon runs: ``reconcile()``, ``consume(batch)``, ``describe()``,
+  ``status()``, ``aclose()``;
+- :data:`SECTIONS`: the ``[updater]`` and ``[kexec]`` config sections;
+- :class:`LoaderBackend` / :class:`LoadRequest` / :class:`LoadOutcome`: what a
+  backend (``updater.fastpath``'s too) implements.
+"""
+
+from ._backends import (
+    DryRunBackend,
+    HostCapabilities,
+    KexecCliBackend,
+    LoaderBackend,
+    LoadOutcome,
+    LoadRequest,
+    choose_backend,
+)
+from ._config import BACKENDS, SECTIONS, KexecSettings, UpdaterSettings
+from ._distro import KexecCommand, resolve_kexec_command
+from ._elfcorehdr import (
+    ElfCoreHeader,
+    HeaderDiff,
+    HeaderOptions,
+    ProgramHeader,
+    diff_headers,
+    diff_snapshots,
+    segment_size_for,
+)
+from ._errors import BackendUnavailableError, HeaderTooLargeError, ReloadError, SnapshotError
+from ._snapshot import CpuNote, KernelText, MissingInput, RamRange, SystemSnapshot, read_snapshot
+from ._status import read_status
+from ._updater import ReloadFailed, Updater, open_updater
+
+__all__ = [
+    "BACKENDS",
+    "SECTIONS",
+    "BackendUnavailableError",
+    "CpuNote",
+    "DryRunBackend",
+    "ElfCoreHeader",
+    "HeaderDiff",
+    "HeaderOptions",
+    "HeaderTooLargeError",
+    "HostCapabilities",
+    "KernelText",
+    "KexecCliBackend",
+    "KexecCommand",
+    "KexecSettings",
+    "LoadOutcome",
+    "LoadRequest",
+    "LoaderBackend",
+    "MissingInput",
+    "ProgramHeader",
+    "RamRange",
+    "ReloadError",
+    "ReloadFailed",
+    "SnapshotError",
+    "SystemSnapshot",
+    "Updater",
+    "UpdaterSettings",
+    "choose_backend",
+    "diff_headers",
+    "diff_snapshots",
+    "open_updater",
+    "read_snapshot",
+    "read_status",
+    "resolve_kexec_command",
+    "segment_size_for",
+]

@@ -1,0 +1,333 @@
+"""Loader backends: how a batch's header reaches the crash kernel.
+
+A backend gets a :class:`LoadRequest` (the snapshot, the header built from it,
+and what changed) and returns a :class:`LoadOutcome`; the updater measures,
+retries, falls back and reports.  Backends:
+
+- ``kernel``: the kernel rewrites the elfcorehdr itself on every hotplug event
+  (CONFIG_CRASH_HOTPLUG, Linux 6.6 x86: ``/sys/devices/system/{memory,cpu}/
+  crash_hotplug`` read 1).  User space stands aside; the updater re-checks
+  after each batch.
+- ``kexec``: runs kexec-tools once per batch with the distro's kernel, initrd,
+  command line and syscall (:mod:`._distro`).  kexec-tools reads /proc/iomem
+  and sysfs itself and builds its own header; ours is what it should contain
+  (for the diff, the skip decision and the status).
+- ``kexec-fast``: the direct kexec_load path (``updater.fastpath``, another
+  module): it takes :attr:`LoadRequest.header` (rebuilt with the backup
+  segment's address in :class:`HeaderOptions`) and loads the segments itself.
+  It plugs in through ``updater.fastpath.create_backend(command, settings)``,
+  returning a :class:`LoaderBackend`; ``auto`` prefers it once it exists.
+- ``dry-run``: writes what a reload would load (the header now, the segment
+  set once the fast path lands) and a manifest into a staging directory,
+  atomically, and loads nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from ._config import KexecSettings, UpdaterSettings
+from ._distro import KexecCommand, find_kexec_binary
+from ._elfcorehdr import ElfCoreHeader, HeaderDiff
+from ._errors import BackendUnavailableError
+from ._snapshot import SystemSnapshot
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    seq: int
+    snapshot: SystemSnapshot
+    header: ElfCoreHeader
+    diff: HeaderDiff
+    reason: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LoadOutcome:
+    ok: bool
+    detail: str
+    # CLOCK_MONOTONIC (time.monotonic_ns) bounds of everything that could have
+    # made the kexec syscall: the loader process's lifetime, or the syscall
+    # itself for an in-process loader.  The updater looks up the exact
+    # syscall window in the KexecCallLog between them, by pid.
+    start_ns: int = 0
+    end_ns: int = 0
+    pids: tuple[int, ...] = ()
+    changes_kdump: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class LoaderBackend(Protocol):
+    name: str
+    # The syscall whose header semantics apply ("kexec_load",
+    # "kexec_file_load"); "none" for dry-run.
+    load_path: str
+    # False for dry-run: nothing is loaded, there is no window.
+    changes_kdump: bool
+    # True when the elfcorehdr segment keeps its place and size across
+    # reloads (the fast path): the header must fit the first segment.
+    fixed_layout: bool
+
+    def describe(self) -> str: ...
+
+    async def load(self, request: LoadRequest) -> LoadOutcome: ...
+
+
+# -- kexec (kexec-tools) --------------------------------------------------------
+
+
+class KexecCliBackend:
+    """One ``kexec -p`` (or ``kexec -s -p``) per batch, never an unload first."""
+
+    name = "kexec"
+    changes_kdump = True
+    fixed_layout = False
+
+    def __init__(self, command: KexecCommand, timeout: float = 60.0) -> None:
+        self.command = command
+        self.load_path = command.load_path
+        self.timeout = timeout
+
+    def describe(self) -> str:
+        flag = "-s -p" if self.load_path == "kexec_file_load" else "-p"
+        return f"{self.command.binary} {flag} {self.command.kernel} ({self.load_path}; from {self.command.source})"
+
+    async def load(self, request: LoadRequest) -> LoadOutcome:
+        argv = self.command.argv()
+        with tempfile.TemporaryFile() as errfile:
+            start = time.monotonic_ns()
+            try:
+                proc = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errfile)
+            except OSError as exc:
+                return LoadOutcome(False, f"cannot run {argv[0]}: {exc.strerror}", start, time.monotonic_ns())
+            pid = proc.pid
+            timed_out = False
+            try:
+                with trio.move_on_after(self.timeout) as scope:
+                    await proc.wait()
+                if scope.cancelled_caught:
+                    timed_out = True
+                    proc.kill()
+                    with trio.CancelScope(shield=True):
+                        await proc.wait()
+            finally:
+                end = time.monotonic_ns()
+            errfile.seek(0)
+            err = errfile.read().decode(errors="replace").strip()
+        rc = proc.returncode
+        if timed_out:
+            return LoadOutcome(False, f"{argv[0]} killed after {self.timeout:g} s", start, end, (pid,), extra={"argv": argv})
+        if rc != 0:
+            last = err.splitlines()[-1] if err else "no message"
+            return LoadOutcome(False, f"{argv[0]} exited {rc}: {last}", start, end, (pid,), extra={"argv": argv})
+        return LoadOutcome(True, "loaded", start, end, (pid,), extra={"argv": argv})
+
+
+# -- dry-run --------------------------------------------------------------------
+
+
+class DryRunBackend:
+    """Stages the header and a manifest: ``<staging>/<seq>-<stamp>/`` holds
+    ``elfcorehdr.bin``, ``manifest.json`` and ``snapshot.json``; the directory
+    is written under a temporary name and renamed, then ``current`` (a
+    symlink) is swapped with a rename, so readers never see half a load."""
+
+    name = "dry-run"
+    load_path = "none"
+    changes_kdump = False
+    fixed_layout = False
+
+    def __init__(self, staging_dir: str, keep: int = 8, why: str = "") -> None:
+        self.staging = Path(staging_dir)
+        self.keep = keep
+        self.why = why
+        self.staged = 0
+
+    def describe(self) -> str:
+        return f"dry-run: stages headers in {self.staging}, loads nothing" + (f" ({self.why})" if self.why else "")
+
+    async def load(self, request: LoadRequest) -> LoadOutcome:
+        start = time.monotonic_ns()
+        try:
+            path = await trio.to_thread.run_sync(self._stage, request)
+        except OSError as exc:
+            return LoadOutcome(False, f"cannot stage in {self.staging}: {exc.strerror or exc}", start, time.monotonic_ns(), changes_kdump=False)
+        self.staged += 1
+        return LoadOutcome(True, f"staged {path}", start, time.monotonic_ns(), changes_kdump=False, extra={"staged": str(path)})
+
+    def manifest(self, request: LoadRequest) -> dict[str, Any]:
+        snap = request.snapshot
+        header = request.header
+        data = header.to_bytes()
+        return {
+            "batch": request.seq,
+            "reason": request.reason,
+            "written_at": time.time(),
+            "kernel_release": snap.kernel_release,
+            "cpus_online": list(snap.cpus_online),
+            "cpus_present": list(snap.cpus_present),
+            "cpus": list(header.covered_cpus),
+            "note_cpus": list(header.note_cpus),
+            "missing_note_cpus": list(header.missing_note_cpus),
+            "ranges": [[r.start, r.end] for r in header.ram_ranges],
+            "ram_bytes": sum(r.size for r in header.ram_ranges),
+            "segments": [
+                {
+                    "name": "elfcorehdr",
+                    "file": "elfcorehdr.bin",
+                    "bufsz": len(data),
+                    "sha256": header.sha256,
+                    "phnum": len(header.phdrs),
+                }
+            ],
+            "header": header.summary(),
+            "diff": request.diff.to_json(),
+            "missing": [[m.path, m.consequence] for m in snap.missing],
+            "timings": request.timings,
+        }
+
+    def _stage(self, request: LoadRequest) -> Path:
+        self.staging.mkdir(parents=True, exist_ok=True)
+        name = f"{request.seq:06d}-{time.time_ns()}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.staging))
+        try:
+            _write_file(tmp / "elfcorehdr.bin", request.header.to_bytes())
+            _write_file(tmp / "snapshot.json", (json.dumps(request.snapshot.to_json(), indent=1) + "\n").encode())
+            _write_file(tmp / "manifest.json", (json.dumps(self.manifest(request), indent=1) + "\n").encode())
+            os.chmod(tmp, 0o755)
+            final = self.staging / name
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        link_tmp = self.staging / f".current.{os.getpid()}"
+        if link_tmp.is_symlink() or link_tmp.exists():
+            link_tmp.unlink()
+        os.symlink(name, link_tmp)
+        os.replace(link_tmp, self.staging / "current")
+        _fsync_dir(self.staging)
+        self._prune()
+        return final
+
+    def _prune(self) -> None:
+        staged = sorted(p for p in self.staging.iterdir() if p.is_dir() and not p.is_symlink() and p.name[:1].isdigit())
+        for old in staged[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- choosing -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostCapabilities:
+    """What the host can do, as far as choosing a backend goes."""
+
+    kexec_crash_loaded: bool | None  # None: no /sys/kernel/kexec_crash_loaded
+    kexec_crash_size: int | None
+    crash_hotplug_memory: int | None
+    crash_hotplug_cpu: int | None
+    kexec_binary: str | None
+    fastpath: str  # "" when updater.fastpath offers a backend, else why not
+
+    @property
+    def kernel_owns_header(self) -> bool:
+        return self.crash_hotplug_memory == 1 or self.crash_hotplug_cpu == 1
+
+    @classmethod
+    def probe(cls, snapshot: SystemSnapshot, kexec: KexecSettings) -> HostCapabilities:
+        return cls(
+            kexec_crash_loaded=snapshot.kexec_crash_loaded,
+            kexec_crash_size=snapshot.kexec_crash_size,
+            crash_hotplug_memory=snapshot.crash_hotplug_memory,
+            crash_hotplug_cpu=snapshot.crash_hotplug_cpu,
+            kexec_binary=find_kexec_binary(kexec.binary),
+            fastpath=fastpath_unavailable_reason(),
+        )
+
+
+def fastpath_factory() -> Callable[..., LoaderBackend] | None:
+    try:
+        module = importlib.import_module("updater.fastpath")
+    except ImportError:
+        return None
+    factory = getattr(module, "create_backend", None)
+    return factory if callable(factory) else None
+
+
+def fastpath_unavailable_reason() -> str:
+    if fastpath_factory() is None:
+        return "updater.fastpath has no create_backend() yet"
+    return ""
+
+
+def choose_backend(requested: str, caps: HostCapabilities) -> tuple[str, str]:
+    """``(backend, why)``.  Raises :class:`BackendUnavailableError` when an
+    explicitly requested backend cannot run here."""
+    no_kexec = "this kernel cannot kexec (no /sys/kernel/kexec_crash_loaded)"
+    no_region = "no crash kernel region reserved (/sys/kernel/kexec_crash_size is 0: boot with crashkernel=)"
+    if requested == "auto":
+        if caps.kernel_owns_header:
+            which = "memory" if caps.crash_hotplug_memory == 1 else "cpu"
+            return "kernel", f"the kernel updates the elfcorehdr itself (/sys/devices/system/{which}/crash_hotplug reads 1)"
+        if caps.kexec_crash_loaded is None:
+            return "dry-run", no_kexec
+        if caps.kexec_crash_size == 0:
+            return "dry-run", no_region
+        if not caps.fastpath:
+            return "kexec-fast", "direct kexec_load with the header built here"
+        if caps.kexec_binary:
+            return "kexec", f"kexec-tools at {caps.kexec_binary} ({caps.fastpath})"
+        return "dry-run", "no kexec binary found (install kexec-tools)"
+    if requested == "dry-run":
+        return "dry-run", "requested (--backend dry-run)"
+    if requested == "kernel":
+        if not caps.kernel_owns_header:
+            raise BackendUnavailableError(
+                "kernel backend", "the kernel does not update the elfcorehdr here (crash_hotplug is missing or reads 0)", "use --backend auto"
+            )
+        return "kernel", "requested; crash_hotplug reads 1"
+    if caps.kexec_crash_loaded is None:
+        raise BackendUnavailableError(f"{requested} backend", no_kexec, "use --backend dry-run")
+    if caps.kexec_crash_size == 0:
+        raise BackendUnavailableError(f"{requested} backend", no_region)
+    if requested == "kexec-fast":
+        if caps.fastpath:
+            raise BackendUnavailableError("kexec-fast backend", caps.fastpath, "use --backend kexec")
+        return "kexec-fast", "requested"
+    if not caps.kexec_binary:
+        raise BackendUnavailableError("kexec backend", "no kexec binary found", "install kexec-tools or set [kexec] binary")
+    return "kexec", "requested"
+
+
+def make_dry_run(settings: UpdaterSettings, why: str) -> DryRunBackend:
+    return DryRunBackend(settings.staging_dir, settings.keep_staged, why)

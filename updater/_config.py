@@ -1,0 +1,84 @@
+"""The updater's config sections: ``[updater]`` and ``[kexec]``.
+
+Every field is a TOML key; a field with a ``flag`` is also an option of
+``kdump-coalesce run`` (see :mod:`kdump_coalesce.config`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdump_coalesce.config import option
+from kdump_coalesce.errors import ConfigError
+
+from ._elfcorehdr import CPU_NOTE_CHOICES
+
+BACKENDS = ("auto", "kernel", "kexec", "kexec-fast", "dry-run")
+LOAD_PATHS = ("auto", "kexec_load", "kexec_file_load")
+DISTROS = ("auto", "debian", "redhat", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class UpdaterSettings:
+    backend: str = option(
+        "auto",
+        flag="--backend",
+        choices=BACKENDS,
+        help="how to keep the crash kernel's elfcorehdr current; auto: kernel if it updates the header itself, "
+        "else kexec-fast/kexec, else dry-run on a kernel that cannot kexec",
+    )
+    staging_dir: str = option(
+        "/var/lib/kdump-coalesce/staging", flag="--staging-dir", help="where dry-run stages headers and manifests"
+    )
+    status_file: str = option("/run/kdump-coalesce/status.json", flag="--status-file", help="JSON status that 'status' reads")
+    cpu_notes: str = option(
+        "auto",
+        flag="--cpu-notes",
+        choices=("auto", *CPU_NOTE_CHOICES),
+        help="one PT_NOTE per present/possible/online CPU; auto follows the loader "
+        "(present for kexec_load, possible for kexec_file_load)",
+    )
+    low_1m: str = option(
+        "auto", flag="--low-1m", choices=("auto", "keep", "cut"), help="dump the low 1 MiB (keep) or not (cut); auto follows the loader"
+    )
+    driver_managed: bool = option(
+        True, help="dump driver-managed RAM ('System RAM (kmem)', '(virtio_mem)'); kexec-tools 2.0.25 leaves it out"
+    )
+    headroom_ranges: int = option(64, flag="--headroom-ranges", help="spare program headers in the elfcorehdr segment for hot-added ranges")
+    headroom_cpus: int = option(8, help="spare program headers in the elfcorehdr segment for hot-added CPUs")
+    keep_staged: int = option(8, help="how many staged dry-run loads to keep")
+    retry_delay: float = option(0.5, help="seconds before the one retry of a failed reload")
+    snapshot_root: str = option("/", help="read /proc and /sys under this directory (tests, replaying a captured host)")
+
+    def __post_init__(self) -> None:
+        if self.headroom_ranges < 0 or self.headroom_cpus < 0:
+            raise ConfigError("[updater] headroom-ranges/headroom-cpus", "must be >= 0")
+        if self.keep_staged < 1:
+            raise ConfigError("[updater] keep-staged", "must be >= 1")
+        if self.retry_delay < 0:
+            raise ConfigError("[updater] retry-delay", "must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class KexecSettings:
+    """The crash kernel to load.  Unset values come from the distro's kdump
+    configuration (``distro``), then from kexec-tools' own defaults."""
+
+    binary: str = option("", flag="--kexec-binary", help="kexec-tools binary (default: kexec on PATH, /sbin/kexec)")
+    kernel: str = option("", flag="--kexec-kernel", help="capture kernel image (default: the distro's)")
+    initrd: str = option("", flag="--kexec-initrd", help="capture initrd (default: the distro's)")
+    cmdline: str = option("", flag="--kexec-cmdline", help="capture kernel command line (default: the distro's, or /proc/cmdline cleaned)")
+    append: str = option("", flag="--kexec-append", help="appended to the command line")
+    load_path: str = option(
+        "auto", flag="--kexec-load-path", choices=LOAD_PATHS, help="kexec_load (kexec -p) or kexec_file_load (kexec -s -p); auto: the distro's"
+    )
+    extra_args: tuple[str, ...] = option((), help="more kexec arguments, e.g. ['--reuse-cmdline']")
+    distro: str = option("auto", flag="--kexec-distro", choices=DISTROS, help="read the kernel, initrd and command line from this distro's kdump config")
+    timeout: float = option(60.0, help="seconds before a kexec run is killed and counted as failed")
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ConfigError("[kexec] timeout", "must be > 0")
+
+
+SECTIONS: dict[str, type] = {"updater": UpdaterSettings, "kexec": KexecSettings}

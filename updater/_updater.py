@@ -1,0 +1,532 @@
+"""The updater: one batch in, at most one reload out.
+
+For each batch the coalescer hands over (never two at once; batches that close
+during a reload are merged upstream into the next one, so nothing is queued
+here), the updater:
+
+1. in ``kernel`` mode, re-checks ``crash_hotplug``: while it reads 1 the kernel
+   owns the header and the batch is only recorded;
+2. skips a batch whose net change is empty (unless events were lost);
+3. reads a :class:`SystemSnapshot` (the truth: events are hints), builds the
+   :class:`ElfCoreHeader` and diffs it against the one known to be loaded; an
+   unchanged header is not reloaded ("skipped", with the reason);
+4. reloads through the backend, measuring the wall time and the window with
+   no crash kernel (exact from the :class:`KexecCallLog` when BPF fills it,
+   else bounded by the loader process's lifetime); a failure is retried once
+   (through the fallback backend when there is one: the fast path falls back
+   to kexec-tools), then reported loudly: an ``error`` record, an error log
+   line, and ``status`` saying kdump is not known to be correct.
+
+Every outcome is one ``reload`` record for the observer (the trace file), and
+the status file is rewritten atomically after each batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from coalescer import Batch, Observer
+from kdump_coalesce.errors import ConfigError, KdumpCoalesceError
+from probes import KexecCall, KexecCallLog
+
+from ._backends import (
+    DryRunBackend,
+    HostCapabilities,
+    KexecCliBackend,
+    LoaderBackend,
+    LoadOutcome,
+    LoadRequest,
+    choose_backend,
+    fastpath_factory,
+)
+from ._config import KexecSettings, UpdaterSettings
+from ._distro import resolve_kexec_command
+from ._elfcorehdr import ElfCoreHeader, HeaderDiff, HeaderOptions, diff_headers, segment_size_for
+from ._errors import BackendUnavailableError, ReloadError
+from ._snapshot import SystemSnapshot, atomic_write, read_snapshot
+
+log = logging.getLogger("kdump_coalesce.updater")
+
+STATUS_FORMAT = 1
+# How long to wait for the BPF source to deliver the loader's syscall exit
+# after the loader process is gone (ring buffer latency, not syscall time).
+KEXEC_LOG_GRACE_S = 1.0
+# crash_hotplug reads 0 while a load holds the kexec lock: re-read a few times
+# before concluding that the kernel no longer owns the header.
+HOTPLUG_RECHECKS = 3
+HOTPLUG_RECHECK_DELAY_S = 0.1
+
+SnapshotReader = Callable[[str], SystemSnapshot]
+
+
+class Updater:
+    """A :class:`coalescer.BatchConsumer` that keeps the crash kernel current."""
+
+    def __init__(
+        self,
+        settings: UpdaterSettings,
+        backend_name: str,
+        why: str,
+        backend: LoaderBackend | None,
+        observer: Observer,
+        kexec_log: KexecCallLog | None = None,
+        *,
+        fallback: LoaderBackend | None = None,
+        reader: SnapshotReader = read_snapshot,
+    ) -> None:
+        self.settings = settings
+        self.backend_name = backend_name
+        self.why = why
+        self.backend = backend
+        self.fallback = fallback
+        self.observer = observer
+        self.kexec_log = kexec_log
+        self.reader = reader
+        self.loaded: ElfCoreHeader | None = None
+        self.capacity: int | None = None
+        self.started_at = time.time()
+        self.running = True
+        self.state = "starting"
+        self.counts = {"batches": 0, "reloads": 0, "ok": 0, "failed": 0, "skipped": 0, "fallback": 0, "retries": 0, "external_kexec_calls": 0}
+        self.last_batch: dict[str, Any] | None = None
+        self.last_reload: dict[str, Any] | None = None
+        self.last_error: str | None = None
+        self.last_snapshot: SystemSnapshot | None = None
+        self._own_pids: set[int] = set()
+        self._calls_seen = 0
+        self._status_error: str | None = None
+
+    # -- public surface -----------------------------------------------------------
+
+    def describe(self) -> str:
+        return f"{self.backend_name}: {self.why}"
+
+    @property
+    def kernel_mode(self) -> bool:
+        return self.backend is None
+
+    def header_options(self, backend: LoaderBackend | None = None) -> HeaderOptions:
+        backend = backend or self.backend
+        load_path = backend.load_path if backend is not None else "kernel"
+        kernel_like = load_path in ("kexec_file_load", "kernel")
+        s = self.settings
+        return HeaderOptions(
+            cpu_notes=s.cpu_notes if s.cpu_notes != "auto" else ("possible" if kernel_like else "present"),
+            cut_low_1m=(s.low_1m == "cut") if s.low_1m != "auto" else kernel_like,
+            driver_managed=s.driver_managed,
+        )
+
+    async def reconcile(self) -> None:
+        """Start-up: build the header from the live state and load it unless
+        what is loaded is known to match.  Errors propagate (the daemon exits
+        non-zero without touching the loaded kdump)."""
+        t0 = time.monotonic()
+        snapshot = await self._snapshot()
+        if self.kernel_mode:
+            self.state = "kernel"
+            self._record("skipped", "start-up: the kernel owns the elfcorehdr (crash_hotplug reads 1)", 0, t0, snapshot=snapshot)
+            self.write_status()
+            return
+        header = self._build(snapshot)
+        previous = self._previous_loaded_sha()
+        if (
+            self.backend is not None
+            and self.backend.changes_kdump
+            and snapshot.kexec_crash_loaded
+            and previous is not None
+            and previous == header.sha256
+        ):
+            self.loaded = header
+            self.state = "ok"
+            self._record("skipped", "start-up: the loaded header matches the live state (previous run's status file)", 0, t0, snapshot=snapshot, header=header)
+            self.write_status()
+            return
+        reason = "start-up reconciliation: what is loaded is not known to match the live state"
+        ok = await self._reload(0, snapshot, header, diff_headers(None, header), reason, t0)
+        self.write_status()
+        if not ok and self.backend is not None and self.backend.changes_kdump:
+            raise ReloadFailed(self.last_error or "start-up reload failed")
+
+    async def consume(self, batch: Batch) -> None:
+        t0 = time.monotonic()
+        self.counts["batches"] += 1
+        self.last_batch = {
+            "seq": batch.seq,
+            "events": batch.events,
+            "reason": batch.reason,
+            "merged": batch.merged,
+            "describe": batch.describe(),
+            "at": time.time(),
+        }
+        self._note_external_calls()
+        try:
+            await self._consume(batch, t0)
+        finally:
+            self.write_status()
+
+    def status(self) -> dict[str, Any]:
+        loaded = self._kexec_crash_loaded()
+        header = self.loaded.summary() if self.loaded else None
+        if header is not None:
+            header.pop("ram", None)
+            header["ram"] = [str(r) for r in self.loaded.ram_ranges] if self.loaded else []
+        return {
+            "format": STATUS_FORMAT,
+            "pid": os.getpid(),
+            "running": self.running,
+            "started_at": self.started_at,
+            "updated_at": time.time(),
+            "backend": self.backend_name,
+            "backend_why": self.why,
+            "description": self.describe(),
+            "loader": self.backend.describe() if self.backend else "the kernel (CONFIG_CRASH_HOTPLUG)",
+            "state": self.state,
+            "kdump_loaded": loaded,
+            "kdump_correct": self._kdump_correct(loaded),
+            "dry_run": isinstance(self.backend, DryRunBackend),
+            "last_batch": self.last_batch,
+            "last_reload": self.last_reload,
+            "last_error": self.last_error,
+            "header": header,
+            "missing": [[m.path, m.consequence] for m in self.last_snapshot.missing] if self.last_snapshot else [],
+            "counts": dict(self.counts),
+            "status_file_error": self._status_error,
+        }
+
+    def write_status(self) -> None:
+        path = Path(self.settings.status_file)
+        try:
+            atomic_write(path, (json.dumps(self.status(), indent=1, default=str) + "\n").encode())
+            self._status_error = None
+        except OSError as exc:
+            message = f"{path}: cannot write status: {exc.strerror or exc}"
+            if self._status_error != message:
+                log.warning("%s", message)
+            self._status_error = message
+
+    async def aclose(self) -> None:
+        """Stop: nothing is unloaded (kdump stays loaded); the status file says
+        the daemon stopped."""
+        self.running = False
+        self.write_status()
+
+    # -- batches ------------------------------------------------------------------
+
+    async def _consume(self, batch: Batch, t0: float) -> None:
+        if self.kernel_mode:
+            owner = await self._kernel_still_owns()
+            if owner:
+                self.state = "kernel"
+                self._record("skipped", f"the kernel owns the elfcorehdr ({owner})", batch.seq, t0, batch=batch)
+                return
+            if not await self._leave_kernel_mode(batch, t0):
+                return
+        if not batch.needs_update:
+            self._record("skipped", "net-empty batch (changes cancelled out, no events lost)", batch.seq, t0, batch=batch)
+            return
+        try:
+            snapshot = await self._snapshot()
+            header = self._build(snapshot)
+        except (KdumpCoalesceError, OSError) as exc:
+            self._fail(batch.seq, t0, f"cannot build the header: {exc}", batch=batch)
+            return
+        diff = diff_headers(self.loaded, header)
+        if self.loaded is not None and diff.empty:
+            why = "header unchanged"
+            if batch.cpus_online or batch.cpus_offline:
+                why += f" (CPU notes follow {header.options.cpu_notes if header.options else 'present'} CPUs; online/offline changes nothing loaded)"
+            self._record("skipped", why, batch.seq, t0, batch=batch, snapshot=snapshot, header=header, diff=diff)
+            return
+        await self._reload(batch.seq, snapshot, header, diff, f"batch {batch.seq}: {diff.describe()}", t0, batch=batch)
+
+    async def _snapshot(self) -> SystemSnapshot:
+        snapshot = await trio.to_thread.run_sync(self.reader, self.settings.snapshot_root)
+        self.last_snapshot = snapshot
+        return snapshot
+
+    def _build(self, snapshot: SystemSnapshot, backend: LoaderBackend | None = None) -> ElfCoreHeader:
+        backend = backend or self.backend
+        options = self.header_options(backend)
+        fixed = backend is not None and backend.fixed_layout
+        header = ElfCoreHeader.build(snapshot, options, capacity=self.capacity if fixed else None)
+        if self.capacity is None or not fixed:
+            headroom = self.settings.headroom_ranges + self.settings.headroom_cpus
+            self.capacity = segment_size_for(len(header.phdrs), headroom)
+        return header
+
+    async def _reload(
+        self, seq: int, snapshot: SystemSnapshot, header: ElfCoreHeader, diff: HeaderDiff, reason: str, t0: float, batch: Batch | None = None
+    ) -> bool:
+        assert self.backend is not None
+        attempts: list[tuple[LoaderBackend, str]] = [(self.backend, "")]
+        if self.fallback is not None:
+            attempts.append((self.fallback, "fallback"))
+        else:
+            attempts.append((self.backend, "retry"))
+        errors: list[str] = []
+        for index, (backend, kind) in enumerate(attempts):
+            if kind == "retry":
+                self.counts["retries"] += 1
+                await trio.sleep(self.settings.retry_delay)
+            if backend is not self.backend:
+                header = self._build(snapshot, backend)
+            request = LoadRequest(seq, snapshot, header, diff, reason, {"prepare_s": round(time.monotonic() - t0, 6)})
+            outcome = await backend.load(request)
+            self._own_pids.update(outcome.pids)
+            window, exact, source = await self._window(outcome)
+            if outcome.ok:
+                self.loaded = header
+                self.state = "ok"
+                self.last_error = None
+                result = "ok" if index == 0 else ("fallback" if kind == "fallback" else "ok")
+                extra: dict[str, Any] = {"detail": outcome.detail, "attempts": index + 1}
+                if errors:
+                    extra["earlier_errors"] = errors
+                self._record(
+                    result, reason, seq, t0, batch=batch, snapshot=snapshot, header=header, diff=diff, backend=backend,
+                    window=(window, exact, source), outcome=outcome, extra=extra,
+                )
+                return True
+            errors.append(f"{backend.name}: {outcome.detail}")
+            log.warning("reload attempt %d (%s) failed: %s", index + 1, backend.name, outcome.detail)
+        self._fail(seq, t0, "; ".join(errors), batch=batch, snapshot=snapshot, header=header, diff=diff)
+        return False
+
+    def _fail(self, seq: int, t0: float, message: str, **kw: Any) -> None:
+        self.state = "failed"
+        self.last_error = message
+        loaded = self._kexec_crash_loaded()
+        what = "kdump is NOT loaded" if loaded is False else "kdump may be stale"
+        log.error("reload failed for batch %d: %s: %s", seq, message, what)
+        self._record("failed", message, seq, t0, **kw)
+        self.observer.on_record("error", {"stage": "updater", "batch": seq, "message": f"reload failed: {message}: {what}", "kdump_loaded": loaded})
+
+    async def _window(self, outcome: LoadOutcome) -> tuple[float, bool, str]:
+        if not outcome.changes_kdump:
+            return 0.0, True, "none: nothing loaded"
+        bound = max(outcome.end_ns - outcome.start_ns, 0) / 1e9
+        log_ = self.kexec_log
+        if log_ is None or not log_.active or not outcome.pids:
+            return bound, False, "bounded by the loader's lifetime (no BPF kexec tracepoints)"
+        calls: list[KexecCall] = []
+        with trio.move_on_after(KEXEC_LOG_GRACE_S):
+            while True:
+                calls = [c for pid in outcome.pids for c in log_.between(outcome.start_ns, outcome.end_ns, pid) if c.on_crash]
+                if calls:
+                    break
+                await log_.wait_changed()
+        if not calls:
+            return bound, False, "bounded by the loader's lifetime (no kexec syscall seen)"
+        return sum(c.window_s for c in calls), True, f"bpf: {'+'.join(c.syscall for c in calls)}"
+
+    # -- kernel mode ----------------------------------------------------------------
+
+    def _read_int(self, rel: str) -> int | None:
+        path = os.path.join(self.settings.snapshot_root, rel)
+        try:
+            with open(path) as f:
+                return int(f.read().strip() or "0")
+        except (OSError, ValueError):
+            return None
+
+    def _kexec_crash_loaded(self) -> bool | None:
+        value = self._read_int("sys/kernel/kexec_crash_loaded")
+        return None if value is None else bool(value)
+
+    def _kdump_correct(self, loaded: bool | None) -> bool | None:
+        if self.state == "kernel":
+            return True
+        if self.state == "failed":
+            return False
+        if isinstance(self.backend, DryRunBackend):
+            return None  # nothing is loaded by us
+        if self.state == "ok":
+            return bool(loaded)
+        return None
+
+    async def _kernel_still_owns(self) -> str:
+        for attempt in range(HOTPLUG_RECHECKS):
+            for kind in ("memory", "cpu"):
+                if self._read_int(f"sys/devices/system/{kind}/crash_hotplug") == 1:
+                    return f"/sys/devices/system/{kind}/crash_hotplug reads 1"
+            if attempt + 1 < HOTPLUG_RECHECKS:
+                await trio.sleep(HOTPLUG_RECHECK_DELAY_S)
+        return ""
+
+    async def _leave_kernel_mode(self, batch: Batch, t0: float) -> bool:
+        """crash_hotplug dropped to 0: the image was unloaded or reloaded
+        without hotplug support.  Hand over to the fallback backend."""
+        fallback = self.fallback
+        if fallback is None:
+            self._fail(batch.seq, t0, "crash_hotplug reads 0 and no fallback backend is configured", batch=batch)
+            return False
+        self.backend, self.fallback = fallback, None
+        old = self.backend_name
+        self.backend_name, self.why = fallback.name, f"crash_hotplug reads 0 after {old} mode: the kernel no longer updates the header"
+        self.counts["fallback"] += 1
+        self._record("fallback", self.why, batch.seq, t0, batch=batch, backend=fallback)
+        return True
+
+    # -- records --------------------------------------------------------------------
+
+    def _note_external_calls(self) -> None:
+        if self.kexec_log is None:
+            return
+        calls = self.kexec_log.calls()
+        for call in calls[self._calls_seen :] if len(calls) >= self._calls_seen else calls:
+            if call.pid in self._own_pids or call.pid == os.getpid():
+                continue
+            self.counts["external_kexec_calls"] += 1
+            self.observer.on_record(
+                "kexec-call",
+                {
+                    "external": True,
+                    "syscall": call.syscall,
+                    "pid": call.pid,
+                    "comm": call.comm,
+                    "flags": call.flags,
+                    "ret": call.ret,
+                    "window_s": round(call.window_s, 6),
+                    "note": "a reload made by someone else (distro udev rule, admin): the loaded header is no longer ours",
+                },
+            )
+            if call.on_crash and call.ret == 0:
+                self.loaded = None  # someone else loaded something: not known to match any more
+        self._calls_seen = len(calls)
+
+    def _previous_loaded_sha(self) -> str | None:
+        try:
+            with open(self.settings.status_file) as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict) or doc.get("backend") != self.backend_name or doc.get("state") != "ok":
+            return None
+        header = doc.get("header")
+        sha = header.get("sha256") if isinstance(header, dict) else None
+        return sha if isinstance(sha, str) else None
+
+    def _record(
+        self,
+        result: str,
+        reason: str,
+        seq: int,
+        t0: float,
+        *,
+        batch: Batch | None = None,
+        snapshot: SystemSnapshot | None = None,
+        header: ElfCoreHeader | None = None,
+        diff: HeaderDiff | None = None,
+        backend: LoaderBackend | None = None,
+        window: tuple[float, bool, str] | None = None,
+        outcome: LoadOutcome | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        if result in ("ok", "fallback"):
+            self.counts["reloads"] += 1
+        self.counts[result] = self.counts.get(result, 0) + 1
+        win_s, exact, source = window if window is not None else (0.0, True, "none: no reload")
+        covered = header or self.loaded
+        record: dict[str, Any] = {
+            "backend": backend.name if backend is not None else self.backend_name,
+            "result": result,
+            "reason": reason,
+            "wall_s": round(time.monotonic() - t0, 6),
+            "load_s": round((outcome.end_ns - outcome.start_ns) / 1e9, 6) if outcome else 0.0,
+            "window_s": round(win_s, 6),
+            "window_exact": exact,
+            "window_source": source,
+            "batch": seq,
+            "ranges": len(covered.ram_ranges) if covered else None,
+            "ram_bytes": sum(r.size for r in covered.ram_ranges) if covered else None,
+            "cpus": list(covered.covered_cpus) if covered else (list(snapshot.cpus_online) if snapshot else None),
+            "cpus_online": list(snapshot.cpus_online) if snapshot else None,
+            "header_sha256": header.sha256 if header else None,
+            "diff": diff.describe() if diff else None,
+        }
+        if batch is not None:
+            record["merged"] = batch.merged
+            record["events"] = batch.events
+        if extra:
+            record.update(extra)
+        self.last_reload = dict(record, at=time.time())
+        self.observer.on_record("reload", record)
+
+
+class ReloadFailed(ReloadError):
+    """The start-up reload failed after its retry."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"start-up reload failed: {message}")
+
+
+# -- opening ------------------------------------------------------------------------
+
+
+def _section(sections: Mapping[str, object], name: str, cls: type[Any]) -> Any:
+    value = sections.get(name)
+    if value is None:
+        return cls()
+    if not isinstance(value, cls):
+        raise ConfigError(f"[{name}]", f"expected {cls.__name__}, got {type(value).__name__}")
+    return value
+
+
+async def open_updater(sections: Mapping[str, object], observer: Observer, kexec_log: KexecCallLog | None) -> Updater:
+    """Choose and set up the backend from the ``[updater]`` and ``[kexec]``
+    sections (instances of :class:`UpdaterSettings`, :class:`KexecSettings`;
+    missing ones take their defaults).  Reads one snapshot to see what the host
+    can do.  Raises typed errors (bad config, backend unavailable, malformed
+    /proc/iomem) before anything is loaded."""
+    settings: UpdaterSettings = _section(sections, "updater", UpdaterSettings)
+    kexec: KexecSettings = _section(sections, "kexec", KexecSettings)
+    snapshot = await trio.to_thread.run_sync(read_snapshot, settings.snapshot_root)
+    caps = HostCapabilities.probe(snapshot, kexec)
+    name, why = choose_backend(settings.backend, caps)
+    _check_writable(settings.status_file, "--status-file")
+
+    backend: LoaderBackend | None
+    fallback: LoaderBackend | None = None
+    if name == "dry-run":
+        _check_writable(os.path.join(settings.staging_dir, "x"), "--staging-dir")
+        backend = DryRunBackend(settings.staging_dir, settings.keep_staged, why)
+    elif name == "kernel":
+        backend = None
+        try:
+            fallback = KexecCliBackend(resolve_kexec_command(kexec), kexec.timeout)
+        except (BackendUnavailableError, ConfigError) as exc:
+            log.info("no kexec fallback for kernel mode: %s", exc)
+            fallback = DryRunBackend(settings.staging_dir, settings.keep_staged, "kernel mode ended and kexec is not configured")
+    else:
+        command = resolve_kexec_command(kexec)
+        cli = KexecCliBackend(command, kexec.timeout)
+        if name == "kexec-fast":
+            factory = fastpath_factory()
+            assert factory is not None
+            backend = factory(command, settings)
+            fallback = cli
+        else:
+            backend = cli
+    updater = Updater(settings, name, why, backend, observer, kexec_log, fallback=fallback)
+    updater.last_snapshot = snapshot
+    return updater
+
+
+def _check_writable(path: str, flag: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(flag, f"cannot create {directory}: {exc.strerror}") from None
+    if not os.access(directory, os.W_OK):
+        raise ConfigError(flag, f"{directory} is not writable")
+
+
