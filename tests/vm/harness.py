@@ -305,6 +305,7 @@ class Guest:
         self._cmd_buf = b""
         self._next_id = 0
         self._dimms = 0
+        self._next_fetch = 0
         self.boot_seconds = 0.0
         self.started_at = 0.0
 
@@ -490,6 +491,35 @@ class Guest:
 
     def read_text(self, path: str, where: Where = "initramfs") -> str:
         return self.run(f"cat {path}", where=where).text
+
+    def fetch(self, path: str, *, max_bytes: int | None = None, where: Where = "initramfs") -> bytes:
+        """The exact bytes of a guest file (through the exchange directory, binary safe)."""
+        self._next_fetch += 1
+        name = f"fetch-{self._next_fetch}"
+        reader = f"head -c {max_bytes} {path}" if max_bytes is not None else f"cat {path}"
+        self.run(f"{reader} > {GUEST_XFER}/{name}", where=where)
+        dest = self.xfer / name
+        data = dest.read_bytes()
+        dest.unlink()
+        return data
+
+    def exists(self, path: str) -> bool:
+        return self.run(f"test -e {path}", check=False).rc == 0
+
+    def record_uevents(self, name: str, seconds: float = 300.0) -> UeventRecorder:
+        """Start tools/vm/uevent-listen.py in the guest; returns once it is bound."""
+        rec = UeventRecorder(self, name)
+        script = REPO / "tools" / "vm" / "uevent-listen.py"
+        self.run_host(
+            f"setsid /usr/bin/python3 {script} {GUEST_XFER}/{name} {seconds} </dev/null "
+            f">{GUEST_XFER}/{name}.log 2>&1 &"
+        )
+        deadline = time.monotonic() + 60
+        while not (rec.directory / ".ready").exists():
+            if time.monotonic() > deadline:
+                raise GuestTimeout(f"uevent listener not ready: {rec.log()}")
+            time.sleep(0.1)
+        return rec
 
     def sysfs_flag(self, path: str) -> int:
         return int(self.read_text(path).strip())
@@ -715,6 +745,53 @@ class GuestDaemon:
                 raise GuestTimeout(f"kdump-coalesce ignored SIGTERM for {timeout:.0f}s")
             time.sleep(0.2)
         return None
+
+
+@dataclass(slots=True)
+class UeventRecorder:
+    guest: Guest
+    name: str
+
+    @property
+    def directory(self) -> Path:
+        return self.guest.xfer / self.name
+
+    def log(self) -> str:
+        p = self.guest.xfer / f"{self.name}.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def messages(self) -> list[tuple[str, bytes]]:
+        """(file name, raw message) in arrival order."""
+        return [(p.name, p.read_bytes()) for p in sorted(self.directory.glob("*.bin"))]
+
+    def wait_for(self, count: int, match: Callable[[bytes], bool], timeout: float = 30.0) -> list[tuple[str, bytes]]:
+        """Wait until at least `count` recorded messages satisfy `match`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            hits = [(n, m) for n, m in self.messages() if match(m)]
+            if len(hits) >= count or time.monotonic() > deadline:
+                return hits
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 30.0) -> list[tuple[str, bytes]]:
+        (self.directory / ".stop").touch()
+        deadline = time.monotonic() + timeout
+        while not (self.directory / ".done").exists():
+            if time.monotonic() > deadline:
+                raise GuestTimeout(f"uevent listener did not stop: {self.log()}")
+            time.sleep(0.1)
+        return self.messages()
+
+
+def uevent_fields(msg: bytes) -> dict[str, str]:
+    """A raw kernel uevent as a dict (ACTION, DEVPATH, SUBSYSTEM, SEQNUM, ...)."""
+    parts = msg.split(b"\0")
+    fields = {}
+    for p in parts[1:]:
+        k, sep, v = p.partition(b"=")
+        if sep:
+            fields[k.decode()] = v.decode(errors="replace")
+    return fields
 
 
 def _shq(s: str) -> str:
