@@ -387,12 +387,12 @@ def read_snapshot(root: str = "/") -> SystemSnapshot:
     paddr = kernel_code.start if kernel_code else None
     if kcore is not None:
         loads = parse_kcore_loads(kcore, r.path("proc/kcore"))
-        # kexec-tools trusts the lowest kcore PT_LOAD only when the direct map
-        # base is a variable (page_offset_base: CONFIG_RANDOMIZE_MEMORY).
-        if "page_offset_base" in syms:
-            page_offset, page_offset_source = kcore_page_offset(loads), "kcore"
-        else:
-            page_offset_source = "default (no page_offset_base: direct map not randomized)"
+        # kexec-tools takes the lowest kcore PT_LOAD (rounded down to 1 GiB)
+        # when kallsyms has page_offset_base (CONFIG_RANDOMIZE_MEMORY), else
+        # its default.  Without randomization the lowest PT_LOAD is the direct
+        # map of the first RAM page, which rounds down to that same default,
+        # so the kcore value is taken either way (no kallsyms needed).
+        page_offset, page_offset_source = kcore_page_offset(loads), "kcore"
         mapping = kcore_text_mapping(loads, stext)
         if mapping is None:
             raise SnapshotError(r.path("proc/kcore"), "no PT_LOAD maps the kernel text")
