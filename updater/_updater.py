@@ -241,7 +241,9 @@ class Updater:
         diff = diff_headers(self.loaded, header)
         if self.loaded is not None and diff.empty:
             why = "header unchanged"
-            if batch.cpus_online or batch.cpus_offline:
+            if batch.online or batch.offline or batch.added or batch.removed:
+                why += " (the live state does not show the batch's memory changes: events are hints)"
+            elif batch.cpus_online or batch.cpus_offline:
                 why += f" (CPU notes follow {header.options.cpu_notes if header.options else 'present'} CPUs; online/offline changes nothing loaded)"
             self._record("skipped", why, batch.seq, t0, batch=batch, snapshot=snapshot, header=header, diff=diff)
             return
