@@ -382,8 +382,9 @@ class Updater:
     def _note_external_calls(self) -> None:
         if self.kexec_log is None:
             return
-        calls = self.kexec_log.calls()
-        for call in calls[self._calls_seen :] if len(calls) >= self._calls_seen else calls:
+        # The log is a bounded deque: remember the newest exit seen, not a count.
+        calls = [c for c in self.kexec_log.calls() if c.exit_ns > self._calls_seen]
+        for call in calls:
             if call.pid in self._own_pids or call.pid == os.getpid():
                 continue
             self.counts["external_kexec_calls"] += 1
@@ -402,7 +403,8 @@ class Updater:
             )
             if call.on_crash and call.ret == 0:
                 self.loaded = None  # someone else loaded something: not known to match any more
-        self._calls_seen = len(calls)
+        if calls:
+            self._calls_seen = max(c.exit_ns for c in calls)
 
     def _previous_loaded_sha(self) -> str | None:
         try:
