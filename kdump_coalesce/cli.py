@@ -82,3 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def usage_error(message: str) -> int:
     print(f"kdump-coalesce: error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
