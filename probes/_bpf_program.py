@@ -1,0 +1,329 @@
+"""The BPF program, as data: one C text, one ring buffer, one record layout.
+
+What the kernel side does, and why:
+
+- **CPUs: raw tracepoints ``cpuhp_enter``/``cpuhp_exit``** (kernel/cpu.c).
+  Raw tracepoints need no tracefs and no format file, and their arguments are
+  the TP_PROTO's (``cpuhp_exit(unsigned int cpu, int state, int idx, int
+  ret)``, unchanged since the state machine came in with Linux 4.6).  One CPU
+  going online runs ~35 callbacks; the filter below keeps the one exit that
+  says it is done, in the kernel:
+
+  * online: ``state == CPUHP_ONLINE`` with ``idx < state``: the exit of the
+    step that kicked the AP to its target (``bringup_cpu`` /
+    ``cpuhp_kick_ap_work`` trace ``st->state`` after the AP got there).
+  * offline: ``idx == CPUHP_TEARDOWN_CPU`` with ``state < idx``:
+    ``takedown_cpu()`` returned, the CPU is dead and out of cpu_online_mask.
+    There is no exit with ``state == CPUHP_OFFLINE`` to wait for:
+    ``cpuhp_next_state()`` skips steps without a teardown callback without
+    tracing them, so the last traced exit reports whatever state sits below
+    the lowest teardown callback (2 on the 6.18 host).  What follows
+    TEARDOWN_CPU are the control CPU's "dead" callbacks, which cannot fail.
+  * a failure (``ret != 0``) is sent as it happens, with its code; its
+    direction is ``state >= idx`` (up steps run with ``st->state == idx``,
+    down steps with ``st->state == idx - 1``), except the exit of the kick
+    of a failed offline, which rolled back to where it started
+    (``state == idx == CPUHP_ONLINE``: no up step runs at CPUHP_ONLINE).
+
+  CPUHP_ONLINE and CPUHP_TEARDOWN_CPU depend on the kernel's config (236 and
+  144 on the 6.18 host): they are resolved at run time (BTF ``enum
+  cpuhp_state`` or /sys/devices/system/cpu/hotplug/states) and compiled in.
+
+- **Memory: ``online_pages``/``offline_pages`` entry and return**
+  (mm/memory_hotplug.c), by fentry/fexit when the kernel accepts them, else
+  by kprobe/kretprobe, else not at all (the uevent source covers memory
+  then).  Entry is ``going-online``/``going-offline``, return is
+  ``online``/``offline`` with the return code (non-zero: it failed, nothing
+  changed).  fexit sees the return value after the function's parameters, so
+  the parameter count comes from BTF (it was 2 for offline_pages before Linux
+  5.12's memory groups, 4 since).  kretprobes do not see the arguments: the
+  entry probe keeps them per thread.
+
+- **kexec calls: ``syscalls:sys_{enter,exit}_kexec_{load,file_load}``**
+  (tracefs syscall events, CONFIG_FTRACE_SYSCALLS), one record per completed
+  call with its enter time, so the updater knows the exact window during
+  which no crash kernel was loaded.  Kernels without CONFIG_KEXEC have no
+  such events (the 6.18 host): they are left out and the log stays inactive.
+
+- Every record goes through one BPF ring buffer (``BPF_RINGBUF_OUTPUT``,
+  Linux 5.8): unlike perf buffers it has no per-CPU readers that miss a CPU
+  onlined later, and it keeps the order of reservation.  A failed
+  reservation (buffer full) increments the per-CPU ``drops`` counter that
+  user space turns into an :class:`~probes.EventsLost`.  Timestamps are
+  ``bpf_ktime_get_ns()``: CLOCK_MONOTONIC.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+class RecordType(enum.IntEnum):
+    CPU_ONLINE = 1
+    CPU_OFFLINE = 2
+    MEM_GOING_ONLINE = 3
+    MEM_ONLINE = 4
+    MEM_GOING_OFFLINE = 5
+    MEM_OFFLINE = 6
+    KEXEC_CALL = 7
+
+
+class KexecSyscall(enum.IntEnum):
+    KEXEC_LOAD = 0
+    KEXEC_FILE_LOAD = 1
+
+
+# struct kc_record, declared once: the C struct and the Python decoder are
+# both generated from this table, so they cannot disagree.
+RECORD_FIELDS: tuple[tuple[str, str, str, str], ...] = (
+    # name, C type, struct code, meaning
+    ("ts_ns", "u64", "Q", "bpf_ktime_get_ns() (CLOCK_MONOTONIC)"),
+    ("type", "u32", "I", "enum kc_record_type"),
+    ("ret", "s32", "i", "return code: cpuhp callback, online_pages/offline_pages, kexec syscall"),
+    ("arg0", "u64", "Q", "cpu | start pfn | kexec flags"),
+    ("arg1", "u64", "Q", "- | nr_pages | kexec enter time (ns)"),
+    ("pid", "u32", "I", "tgid of the caller (kexec)"),
+    ("syscall", "u32", "I", "enum kc_kexec_syscall (kexec)"),
+    ("comm", "char[16]", "16s", "caller's comm (kexec)"),
+)
+RECORD = struct.Struct("<" + "".join(code for _, _, code, _ in RECORD_FIELDS))
+
+MEMORY_FUNCS = ("online_pages", "offline_pages")
+KEXEC_SYSCALLS: tuple[tuple[KexecSyscall, str], ...] = (
+    (KexecSyscall.KEXEC_LOAD, "kexec_load"),
+    (KexecSyscall.KEXEC_FILE_LOAD, "kexec_file_load"),
+)
+
+
+class MemoryProbe(enum.StrEnum):
+    FENTRY = "fentry"
+    KPROBE = "kprobe"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    """Everything the C text depends on, decided at run time by detection."""
+
+    cpuhp_online: int | None = None  # None: no CPU probes
+    cpuhp_teardown: int | None = None
+    memory: MemoryProbe = MemoryProbe.NONE
+    # fexit needs each function's parameter count (from BTF)
+    memory_params: dict[str, int] = field(default_factory=dict)
+    # (enum value, tracefs syscall event name without sys_enter_/sys_exit_)
+    kexec_syscalls: Sequence[tuple[int, str]] = ()
+    ringbuf_pages: int = 256  # 1 MiB: ~18,000 records before a drop
+
+    def __post_init__(self) -> None:
+        if self.ringbuf_pages <= 0 or self.ringbuf_pages & (self.ringbuf_pages - 1):
+            raise ValueError(f"ringbuf_pages must be a power of two, got {self.ringbuf_pages}")
+        if (self.cpuhp_online is None) != (self.cpuhp_teardown is None):
+            raise ValueError("cpuhp_online and cpuhp_teardown go together")
+        if self.memory is MemoryProbe.FENTRY:
+            for func in MEMORY_FUNCS:
+                if self.memory_params.get(func, 0) < 2:
+                    raise ValueError(f"fexit on {func} needs its parameter count (>= 2) from BTF")
+
+    @property
+    def empty(self) -> bool:
+        return self.cpuhp_online is None and self.memory is MemoryProbe.NONE and not self.kexec_syscalls
+
+
+def _record_struct() -> str:
+    lines = []
+    for name, ctype, _code, meaning in RECORD_FIELDS:
+        decl = f"char {name}[16]" if ctype == "char[16]" else f"{ctype} {name}"
+        lines.append(f"    {decl + ';':<16} /* {meaning} */")
+    return "struct kc_record {\n" + "\n".join(lines) + "\n};\n"
+
+
+_PRELUDE = """\
+/* Generated by kdump-coalesce (probes/_bpf_program.py); printed by --dump-bpf. */
+#include <uapi/linux/ptrace.h>
+
+{types}
+{record}
+BPF_RINGBUF_OUTPUT(events, {pages});
+BPF_PERCPU_ARRAY(drops, u64, 1);
+
+static __always_inline struct kc_record *kc_reserve(u32 type)
+{{
+    struct kc_record *r = events.ringbuf_reserve(sizeof(struct kc_record));
+    if (!r) {{
+        u32 zero = 0;
+        u64 *count = drops.lookup(&zero);
+        if (count)
+            (*count)++;
+        return 0;
+    }}
+    __builtin_memset(r, 0, sizeof(*r));
+    r->ts_ns = bpf_ktime_get_ns();
+    r->type = type;
+    return r;
+}}
+"""
+
+_CPUHP = """
+/* cpuhp_exit(unsigned int cpu, int state, int idx, int ret): see probes/_bpf_program.py */
+#define KC_CPUHP_ONLINE {online}
+#define KC_CPUHP_TEARDOWN_CPU {teardown}
+
+RAW_TRACEPOINT_PROBE(cpuhp_exit)
+{{
+    u32 cpu = (u32)ctx->args[0];
+    int state = (int)ctx->args[1];
+    int idx = (int)ctx->args[2];
+    int ret = (int)ctx->args[3];
+    u32 type;
+
+    if (ret == 0) {{
+        if (state == KC_CPUHP_ONLINE && idx < state)
+            type = KC_CPU_ONLINE;
+        else if (idx == KC_CPUHP_TEARDOWN_CPU && state < idx)
+            type = KC_CPU_OFFLINE;
+        else
+            return 0;
+    }} else if (state == idx && idx == KC_CPUHP_ONLINE) {{
+        type = KC_CPU_OFFLINE;  /* the kick of a failed offline, rolled back */
+    }} else {{
+        type = state >= idx ? KC_CPU_ONLINE : KC_CPU_OFFLINE;
+    }}
+    struct kc_record *r = kc_reserve(type);
+    if (!r)
+        return 0;
+    r->arg0 = cpu;
+    r->ret = ret;
+    events.ringbuf_submit(r, 0);
+    return 0;
+}}
+"""
+
+_MEMORY_COMMON = """
+static __always_inline void kc_memory(u32 type, u64 pfn, u64 nr_pages, int ret)
+{
+    struct kc_record *r = kc_reserve(type);
+    if (!r)
+        return;
+    r->arg0 = pfn;
+    r->arg1 = nr_pages;
+    r->ret = ret;
+    events.ringbuf_submit(r, 0);
+}
+"""
+
+_FENTRY = """
+KFUNC_PROBE({func}, unsigned long pfn, unsigned long nr_pages)
+{{
+    kc_memory({going}, pfn, nr_pages, 0);
+    return 0;
+}}
+
+KRETFUNC_PROBE({func}, {params}, int ret)
+{{
+    kc_memory({done}, pfn, nr_pages, ret);
+    return 0;
+}}
+"""
+
+_KPROBE_ARGS = """
+struct kc_memory_args {
+    u64 pfn;
+    u64 nr_pages;
+};
+BPF_HASH(memory_args, u64, struct kc_memory_args, 1024);
+"""
+
+_KPROBE = """
+int kprobe__{func}(struct pt_regs *ctx, unsigned long pfn, unsigned long nr_pages)
+{{
+    u64 id = bpf_get_current_pid_tgid();
+    struct kc_memory_args args = {{ .pfn = pfn, .nr_pages = nr_pages }};
+    memory_args.update(&id, &args);
+    kc_memory({going}, pfn, nr_pages, 0);
+    return 0;
+}}
+
+int kretprobe__{func}(struct pt_regs *ctx)
+{{
+    u64 id = bpf_get_current_pid_tgid();
+    struct kc_memory_args *args = memory_args.lookup(&id);
+    if (!args)
+        return 0;  /* attached while the call was in flight */
+    kc_memory({done}, args->pfn, args->nr_pages, (int)PT_REGS_RC(ctx));
+    memory_args.delete(&id);
+    return 0;
+}}
+"""
+
+_KEXEC_COMMON = """
+struct kc_kexec_enter {
+    u64 ts_ns;
+    u64 flags;
+};
+BPF_HASH(kexec_enter, u64, struct kc_kexec_enter, 64);
+
+static __always_inline void kc_kexec_exit(u32 syscall, long ret)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct kc_kexec_enter *e = kexec_enter.lookup(&id);
+    if (!e)
+        return;
+    struct kc_record *r = kc_reserve(KC_KEXEC_CALL);
+    if (r) {
+        r->arg0 = e->flags;
+        r->arg1 = e->ts_ns;
+        r->ret = (s32)ret;
+        r->pid = id >> 32;
+        r->syscall = syscall;
+        bpf_get_current_comm(&r->comm, sizeof(r->comm));
+        events.ringbuf_submit(r, 0);
+    }
+    kexec_enter.delete(&id);
+}
+"""
+
+_KEXEC = """
+TRACEPOINT_PROBE(syscalls, sys_enter_{name})
+{{
+    u64 id = bpf_get_current_pid_tgid();
+    struct kc_kexec_enter e = {{ .ts_ns = bpf_ktime_get_ns(), .flags = args->flags }};
+    kexec_enter.update(&id, &e);
+    return 0;
+}}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_{name})
+{{
+    kc_kexec_exit({value}, args->ret);
+    return 0;
+}}
+"""
+
+
+def render(spec: ProgramSpec) -> str:
+    """The C text for ``spec`` (what BCC compiles and ``--dump-bpf`` prints)."""
+    types = "\n".join(f"#define KC_{t.name} {t.value}" for t in RecordType)
+    text = _PRELUDE.format(types=types, record=_record_struct(), pages=spec.ringbuf_pages)
+    if spec.cpuhp_online is not None:
+        text += _CPUHP.format(online=spec.cpuhp_online, teardown=spec.cpuhp_teardown)
+    if spec.memory is not MemoryProbe.NONE:
+        text += _MEMORY_COMMON
+        if spec.memory is MemoryProbe.KPROBE:
+            text += _KPROBE_ARGS
+        for func, going, done in (
+            ("online_pages", "KC_MEM_GOING_ONLINE", "KC_MEM_ONLINE"),
+            ("offline_pages", "KC_MEM_GOING_OFFLINE", "KC_MEM_OFFLINE"),
+        ):
+            if spec.memory is MemoryProbe.FENTRY:
+                names = ["unsigned long pfn", "unsigned long nr_pages"]
+                names += [f"void *arg{i}" for i in range(2, spec.memory_params[func])]
+                text += _FENTRY.format(func=func, going=going, done=done, params=", ".join(names))
+            else:
+                text += _KPROBE.format(func=func, going=going, done=done)
+    if spec.kexec_syscalls:
+        text += _KEXEC_COMMON
+        for value, name in spec.kexec_syscalls:
+            text += _KEXEC.format(name=name, value=value)
+    return text
