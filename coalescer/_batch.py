@@ -39,33 +39,29 @@ class NetPair:
         self.down = RangeSet()
 
     def go_up(self, start: int, end: int) -> None:
-        if self.down:
-            cancelled = self.down.overlap(start, end)
-            if cancelled:
-                self.down.remove(start, end)
-                rest = RangeSet([(start, end)])
-                for s, e in cancelled:
-                    rest.remove(s, e)
-                for s, e in rest:
-                    self.up.add(s, e)
-                return
-        self.up.add(start, end)
+        _transition(self.up, self.down, start, end)
 
     def go_down(self, start: int, end: int) -> None:
-        if self.up:
-            cancelled = self.up.overlap(start, end)
-            if cancelled:
-                self.up.remove(start, end)
-                rest = RangeSet([(start, end)])
-                for s, e in cancelled:
-                    rest.remove(s, e)
-                for s, e in rest:
-                    self.down.add(s, e)
-                return
-        self.down.add(start, end)
+        _transition(self.down, self.up, start, end)
 
     def __bool__(self) -> bool:
         return bool(self.up) or bool(self.down)
+
+
+def _transition(into: RangeSet, opposite: RangeSet, start: int, end: int) -> None:
+    """Record ``[start, end)`` moving into ``into``; whatever part of it moved
+    the opposite way earlier in the batch cancels instead."""
+    if opposite:
+        cancelled = opposite.overlap(start, end)
+        if cancelled:
+            opposite.remove(start, end)
+            rest = RangeSet([(start, end)])
+            for s, e in cancelled:
+                rest.remove(s, e)
+            for s, e in rest:
+                into.add(s, e)
+            return
+    into.add(start, end)
 
 
 def _ranges(rs: RangeSet) -> tuple[MemoryRange, ...]:
