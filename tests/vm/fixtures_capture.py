@@ -5,7 +5,7 @@
 A. memory: the boot-time state files, kexec_crash_loaded before/after
    `kexec -p`, a 1 GiB DIMM hot-add (uevents recorded), the state after it,
    a `kexec -p` reload and a crash: /proc/vmcore's header with the DIMM.
-B. cpu: a CPU hot-add + online (uevents recorded), its crash notes, a
+B. memory hot-remove (uevents recorded), then cpu: a CPU hot-add + online (uevents recorded), its crash notes, a
    `kexec -p` load and a crash: /proc/vmcore's header with three CPU notes.
 C. boot: `kexec -p` at boot and a crash: /proc/vmcore's header of the boot state.
 
@@ -35,6 +35,11 @@ class Captured:
 def _memory_online(msg: bytes) -> bool:
     f = uevent_fields(msg)
     return f.get("SUBSYSTEM") == "memory" and f.get("ACTION") == "online"
+
+
+def _memory_remove(msg: bytes) -> bool:
+    f = uevent_fields(msg)
+    return f.get("SUBSYSTEM") == "memory" and f.get("ACTION") == "remove"
 
 
 def _cpu_online(msg: bytes) -> bool:
@@ -128,8 +133,18 @@ def capture_fixtures(assets: VmAssets, outdir: Path) -> list[Captured]:
         )
         w.put("capture-cmdline.after-dimm-1g-reload", cap.cmdline.encode() + b"\n", "capture kernel's /proc/cmdline")
 
-    # B: cpu
+    # B: memory hot-remove, then cpu
     with Guest(assets, GuestConfig(), name="fixtures-cpu") as g:
+        dimm = g.hotplug_dimm(GIB)
+        rec = g.record_uevents("uevents-memory-remove")
+        g.unplug_dimm(dimm)
+        rec.wait_for(8, _memory_remove)
+        w.uevents(
+            "uevents/memory-hot-remove-1g",
+            rec.stop(),
+            "raw uevents during a QMP hot-remove (device_del; the guest offlines and ACPI-ejects) of a 1 GiB pc-dimm",
+        )
+        w.put("iomem.after-dimm-1g-remove", g.fetch("/proc/iomem"), "`cat /proc/iomem` after hot-adding then removing a 1 GiB DIMM")
         rec = g.record_uevents("uevents-cpu")
         cpu = g.hotplug_cpu(online=True)
         rec.wait_for(1, _cpu_online)

@@ -38,6 +38,10 @@ def test_fixtures_capture(vm_assets: VmAssets, tmp_path: Path) -> None:
     mem = [uevent_fields(p.read_bytes()) for p in sorted((tmp_path / "uevents/memory-hot-add-1g").glob("*.bin"))]
     mem = [f for f in mem if f.get("SUBSYSTEM") == "memory"]
     assert sorted(f["ACTION"] for f in mem) == ["add"] * 8 + ["online"] * 8, mem
+    rm = [uevent_fields(p.read_bytes()) for p in sorted((tmp_path / "uevents/memory-hot-remove-1g").glob("*.bin"))]
+    rm = [f for f in rm if f.get("SUBSYSTEM") == "memory"]
+    assert sorted(f["ACTION"] for f in rm) == ["offline"] * 8 + ["remove"] * 8, rm
+    assert DIMM not in _ram(tmp_path / "iomem.after-dimm-1g-remove")
     cpu_events = [uevent_fields(p.read_bytes()) for p in sorted((tmp_path / "uevents/cpu-hot-add-online").glob("*.bin"))]
     assert {(f.get("SUBSYSTEM"), f.get("ACTION")) for f in cpu_events} >= {("cpu", "add"), ("cpu", "online")}, cpu_events
 

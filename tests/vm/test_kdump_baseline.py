@@ -65,3 +65,16 @@ def test_reload_after_dimm_hot_add_lists_it(boot_guest: BootGuest, mode: KexecMo
     print(f"{mode} reloaded: {cap.vmcore.describe()}")
     assert cap.vmcore.covers(dimm.addr, dimm.end), cap.vmcore.describe()
     assert cap.vmcore.cpu_notes == 2
+
+
+def test_reload_after_dimm_hot_remove_drops_it(boot_guest: BootGuest) -> None:
+    """Hot-remove through QMP (device_del: the guest offlines and ejects), reload: the vmcore no longer lists it."""
+    g = boot_guest()
+    dimm = g.hotplug_dimm(GIB)
+    g.kexec_load_crash("kexec_load")
+    g.unplug_dimm(dimm)
+    assert not any(s < dimm.end and dimm.addr < e for s, e in system_ram(g.iomem()))
+    g.kexec_load_crash("kexec_load")
+    cap = g.crash_and_capture()
+    assert not cap.vmcore.overlaps(dimm.addr, dimm.end), cap.vmcore.describe()
+    assert cap.vmcore.covers(0x100000, 0x1000000) and cap.vmcore.cpu_notes == 2
