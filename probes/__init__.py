@@ -14,14 +14,30 @@ from ._event import (
     MemoryRange,
     SourceItem,
 )
+from ._bpf import BpfPlan, BpfSource, RecordError, decode_record, plan_program
+from ._bpf_program import MemoryProbe, ProgramSpec, render
 from ._kexec_log import KexecCall, KexecCallLog
 from ._replay import ReplaySource, replay_scenario, replay_trace
 from ._scenario import SCENARIOS, Scenario, build_scenario
 from ._select import SOURCE_SPECS, SourceSelection, open_sources
 from ._source import EventSource
+from ._uevent import Uevent, UeventError, UeventSource, parse_uevent, uevent_to_event
 from ._units import format_size, parse_duration_ns, parse_size
 
 __all__ = [
+    "BpfPlan",
+    "BpfSource",
+    "MemoryProbe",
+    "ProgramSpec",
+    "RecordError",
+    "Uevent",
+    "UeventError",
+    "UeventSource",
+    "decode_record",
+    "parse_uevent",
+    "plan_program",
+    "render",
+    "uevent_to_event",
     "SCENARIOS",
     "SOURCE_SPECS",
     "ReplaySource",

@@ -47,7 +47,7 @@ from ._event import Action, EventsLost, HotplugEvent, Kind, SourceItem
 from ._kexec_log import KexecCall, KexecCallLog
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-MEMORY_UNAVAILABLE = "unavailable: kprobes/fentry missing"
+MEMORY_UNAVAILABLE = "kprobes/fentry missing"
 
 
 # -- decoding (pure) ---------------------------------------------------------
@@ -190,7 +190,7 @@ def plan_program(
                 tried.append("kprobe: " + "; ".join(dict.fromkeys(r.detail for r in kprobes if not r)))
         if memory is MemoryProbe.NONE:
             memory_reason = f"{MEMORY_UNAVAILABLE} ({'; '.join(tried)})"
-            notes.append(f"bpf: memory: {memory_reason}")
+            notes.append(f"bpf: memory: unavailable: {memory_reason}")
         else:
             notes.append(f"bpf: memory: {memory} on {' and '.join(MEMORY_FUNCS)} (entry and return)")
     kexec: tuple[tuple[int, str], ...] = ()
@@ -271,6 +271,7 @@ class BpfSource:
         block_size: int | None = None,
         name: str = "bpf",
         compile_fn: Callable[[str], Any] = compile_program,
+        compiled: Any = None,
     ) -> None:
         if plan.spec.empty:
             raise UnavailableError("bpf source", "nothing to probe on this kernel", "; ".join(plan.notes))
@@ -279,6 +280,7 @@ class BpfSource:
         self.block_size = block_size
         self._name = name
         self._compile = compile_fn
+        self._bpf: Any = compiled
         self._raw: list[bytes] = []
         self.records = 0
         self.undecodable = 0
@@ -292,6 +294,21 @@ class BpfSource:
     @property
     def text(self) -> str:
         return render(self.plan.spec)
+
+    def load(self) -> None:
+        """Compile, load and attach now (blocking: clang takes a second or
+        two), so that a refusal is reported before anything runs and records
+        queue in the ring buffer until ``run`` reads them."""
+        if self._bpf is None:
+            if os.geteuid() != 0:
+                raise NeedsRootError("the bpf source (loading BPF programs)")
+            self._bpf = self._compile_with_fallback()
+
+    def close(self) -> None:
+        """Detach everything (``run`` does this itself when it ends)."""
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
 
     def _compile_with_fallback(self) -> Any:
         """Compile the planned program; if the kernel refuses the memory
@@ -307,7 +324,7 @@ class BpfSource:
             if spec.empty:
                 raise
             reason = f"{MEMORY_UNAVAILABLE} ({self.plan.spec.memory} refused: {exc.reason})"
-            self.plan = BpfPlan(spec, [*self.plan.notes, f"bpf: memory: {reason}"], reason)
+            self.plan = BpfPlan(spec, [*self.plan.notes, f"bpf: memory: unavailable: {reason}"], reason)
             return self._compile(self.text)
 
     def _on_record(self, _ctx: Any, data: Any, size: int) -> int:
@@ -319,13 +336,12 @@ class BpfSource:
         self, send: trio.MemorySendChannel[SourceItem], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         async with send:
-            if os.geteuid() != 0:
-                raise NeedsRootError("the bpf source (loading BPF programs)")
-            bpf = await trio.to_thread.run_sync(self._compile_with_fallback)
             try:
-                await self._stream(bpf, send, task_status)
+                if self._bpf is None:
+                    await trio.to_thread.run_sync(self.load)
+                await self._stream(self._bpf, send, task_status)
             finally:
-                bpf.cleanup()  # detaches every probe, frees the ring buffer
+                self.close()  # detaches every probe, frees the ring buffer
                 if self.kexec_log is not None and self.plan.probes_kexec:
                     self.kexec_log.active = False
 
