@@ -1,0 +1,88 @@
+"""``kdump-coalesce doctor``: what this host can do, and what to fix."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from probes import Kind, ProgramSpec, render
+from probes._capabilities import all_checks, events_covered, run_can_work
+
+from ..errors import EXIT_OK, EXIT_UNAVAILABLE
+
+NAME = "doctor"
+ORDER = 20
+
+EPILOG = """\
+One line per capability: status, name, what was found, and (-> ...) what to
+do when it is missing.  Checks are real: a BPF program is loaded and attached
+for each probe kind, the netlink socket is bound, files are read.
+
+exit status: 0 when 'run' can work here (root, an event source for CPUs and
+for memory, block_size_bytes, a kexec-capable kernel and kexec binary);
+3 otherwise, with the reasons on the last line.
+
+examples:
+  sudo kdump-coalesce doctor
+  sudo kdump-coalesce doctor --json | jq '.checks[] | select(.status != "ok")'
+  sudo kdump-coalesce doctor --dump-bpf      the C program 'run' would load here
+"""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        NAME,
+        help="check what this host can do (BPF, uevents, kdump, distro rules) and what to fix",
+        description="Check every capability kdump-coalesce uses on this host and say what to do about missing ones.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--json", action="store_true", help="one JSON document instead of lines")
+    p.add_argument("--dump-bpf", action="store_true", help="print the BPF C program planned for this host and exit")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.dump_bpf:
+        return dump_bpf(frozenset(Kind))
+    checks = all_checks()
+    ok, problems = run_can_work(checks)
+    covered = events_covered(checks)
+    if args.json:
+        doc = {
+            "run_can_work": ok,
+            "problems": problems,
+            "events": covered,
+            "checks": [c.to_json() for c in checks],
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        for c in checks:
+            print(c.line())
+        print(f"events: cpu from {covered['cpu']}, memory from {covered['memory']} (--source auto)")
+        if ok:
+            print("run: can work here")
+        else:
+            print("run: cannot work here: " + "; ".join(problems))
+    return EXIT_OK if ok else EXIT_UNAVAILABLE
+
+
+def dump_bpf(kinds: frozenset[Kind]) -> int:
+    """Print the C text ``run``/``trace`` would compile here.  Planning loads
+    small probe programs (root); without root it prints the program for the
+    kinds asked, with every probe kind the text can hold, and says so."""
+    import os
+
+    from probes import plan_program
+
+    if os.geteuid() == 0:
+        plan = plan_program(want_cpu=Kind.CPU in kinds, want_memory=Kind.MEMORY in kinds, mount_tracefs=False)
+        for note in plan.notes:
+            print(f"/* {note} */")
+        spec = plan.spec
+    else:
+        print("/* not root: cannot probe this kernel; showing the program with placeholder CPUHP values */")
+        spec = ProgramSpec(cpuhp_online=236, cpuhp_teardown=144) if Kind.CPU in kinds else ProgramSpec()
+    sys.stdout.write(render(spec))
+    return EXIT_OK
