@@ -1,0 +1,148 @@
+"""The strategy model's behaviour (not its timings): what each strategy does
+with the events, on trio's virtual clock, on small scenarios."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import trio
+import trio.testing
+
+from kdump_coalesce._benchmodel import ModelParams, run_bench, run_strategy
+from kdump_coalesce._benchmodel._machine import Cpu, Machine
+from kdump_coalesce._benchmodel._strategies import LoadOnce
+from kdump_coalesce.errors import ConfigError
+from probes import Action, HotplugEvent, Kind, build_scenario
+
+PARAMS = ModelParams()
+# 4 GiB as one DIMM: 32 blocks, add + online each, 10 ms apart.
+SMALL = build_scenario("resize:32G:36G:add=yes:interval=10ms").events
+
+
+def test_udev_serial_reloads_once_per_online_event() -> None:
+    run = run_strategy("udev-serial", SMALL, PARAMS)
+    onlines = sum(1 for e in SMALL if e.action is Action.ONLINE)
+    assert onlines == 32
+    assert run.metrics.reloads == onlines
+    # every reload unloads first: one window per reload
+    assert len(run.timeline.windows) == onlines
+    # and they never overlap (the blocking flock serialises them)
+    spans = sorted(run.timeline.reloads)
+    assert all(a_end <= b_start + 1e-9 for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False))
+    assert run.metrics.settle_s is not None
+
+
+def test_udev_throttle_merges_a_burst_and_waits_a_second() -> None:
+    run = run_strategy("udev-throttle", SMALL, PARAMS)
+    # the whole 0.3 s burst falls into the first throttler's sleep 1 + settle
+    assert run.metrics.reloads == 1
+    start, _ = run.timeline.reloads[0]
+    assert start >= PARAMS.throttle_sleep_s
+    assert run.extras["throttled"] == 31
+
+
+def test_load_once_never_runs_two_loads_and_catches_up() -> None:
+    strategy = LoadOnce()
+    run = run_strategy("load-once", SMALL, PARAMS, strategy)
+    assert strategy.max_concurrent_loads == 1
+    spans = sorted(run.timeline.reloads)
+    assert all(a_end <= b_start + 1e-9 for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False))
+    # events during the first load fold into one more load, not one each
+    assert 2 <= run.metrics.reloads < 32
+    assert run.metrics.settle_s is not None  # the last load saw the final state
+
+
+def test_load_once_ignores_cpu_events_on_x86() -> None:
+    events = build_scenario("cpu:2:4").events
+    run = run_strategy("load-once", events, PARAMS)
+    assert run.metrics.reloads == 0
+    assert run.metrics.settle_s is None  # the header never gains the new CPUs
+
+
+def test_kernel_updates_in_place_without_reloads() -> None:
+    run = run_strategy("kernel", SMALL, PARAMS)
+    assert run.metrics.reloads == 0
+    assert run.updates == 32
+    assert run.metrics.settle_s is not None and run.metrics.settle_s < 0.01
+
+
+def test_kernel_drops_an_update_when_the_kexec_lock_is_held() -> None:
+    # A udev rule reading crash_hotplug holds the kexec lock: with a long
+    # hold, the next in-kernel update's kexec_trylock() fails and is dropped.
+    params = dataclasses.replace(PARAMS, sysfs_lock_s=0.05)
+    run = run_strategy("kernel", SMALL, params)
+    assert run.dropped > 0
+    assert run.updates + run.dropped == 32
+
+
+def test_kdump_coalesce_reloads_once_for_the_fast_resize() -> None:
+    events = build_scenario("resize:32G:512G:add=yes:interval=10us").events
+    run = run_strategy("kdump-coalesce", events, dataclasses.replace(PARAMS, block_s=0.00001))
+    assert run.metrics.reloads == 1
+    assert run.extras["batches"] == 1
+    assert run.metrics.settle_s is not None
+
+
+def test_kdump_coalesce_is_bounded_by_max_delay_in_a_long_burst() -> None:
+    events = build_scenario("resize:32G:64G:add=yes:interval=250ms").events  # 256 blocks over 64 s
+    run = run_strategy("kdump-coalesce", events, PARAMS)
+    assert 2 <= run.metrics.reloads <= 4  # ceil(64 / 30) + 1 = 4
+
+
+def test_kdump_coalesce_needs_no_reload_for_churn() -> None:
+    run = run_strategy("kdump-coalesce", build_scenario("churn:1G").events, PARAMS)
+    assert run.metrics.reloads == 0
+    assert run.metrics.settle_s == 0.0  # back to where it started
+
+
+def test_shrink_is_stale_only_briefly_with_kdump_coalesce() -> None:
+    events = build_scenario("shrink:36G:32G").events
+    kc = run_strategy("kdump-coalesce", events, PARAMS)
+    assert kc.metrics.reloads >= 1
+    # removals are urgent: the header lists gone memory for ~urgent_quiet, not quiet
+    assert kc.metrics.settle_s is not None and kc.metrics.settle_s < 1.0
+
+
+def test_metrics_follow_the_machine() -> None:
+    async def main() -> Machine:
+        m = Machine()
+        m.apply(HotplugEvent(Kind.MEMORY, Action.ONLINE, 0, "t", start=1 << 32, size=128 << 20))
+        await trio.sleep(2)
+        m.image_gone()
+        await trio.sleep(1)
+        m.image_loaded(m.state)
+        m.close()
+        return m
+
+    m = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert m.timeline.stale == [(0.0, 2.0)]  # stale until the image went away
+    assert m.timeline.windows == [(2.0, 3.0)]
+    assert m.correct and m.correct_since == 3.0 and m.reloads == 1
+
+
+def test_cpu_is_shared_between_runnable_jobs() -> None:
+    finished: dict[str, float] = {}
+
+    async def job(cpu: Cpu, name: str, work: float) -> None:
+        await cpu.run(work, name)
+        finished[name] = trio.current_time()
+
+    async def main() -> None:
+        cpu = Cpu(1.0)
+        async with trio.open_nursery() as n:
+            n.start_soon(job, cpu, "a", 1.0)
+            n.start_soon(job, cpu, "b", 2.0)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert finished["a"] == pytest.approx(2.0)  # half speed while b runs
+    assert finished["b"] == pytest.approx(3.0)
+
+
+def test_unknown_parameter_and_scenario_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="unknown model parameter"):
+        PARAMS.with_overrides({"nope": "1"})
+    with pytest.raises(ConfigError, match="not a number"):
+        PARAMS.with_overrides({"cpus": "two"})
+    with pytest.raises(ConfigError, match="unknown scenario"):
+        run_bench("resize-2x", PARAMS)
