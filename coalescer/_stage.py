@@ -91,10 +91,18 @@ class CoalescerStage:
             if item is None:  # the open batch's deadline passed
                 self._hand(core.close_due(now))
                 continue
-            accepted, closed = core.feed(item, now)
-            self._hand(closed)
-            if accepted:
-                self.observer.on_item(item)
+            # Fold everything already queued without going back to the
+            # scheduler: a burst arrives as a burst, and one cancel scope and
+            # one wake-up per item would cost more than the folding itself.
+            while True:
+                accepted, closed = core.feed(item, now)
+                self._hand(closed)
+                if accepted:
+                    self.observer.on_item(item)
+                try:
+                    item = receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
         self._hand(core.flush(trio.current_time(), "eof"))
 
     def _hand(self, batch: Batch | None) -> None:
