@@ -348,14 +348,14 @@ class BpfSource:
     async def _stream(self, bpf: Any, send: trio.MemorySendChannel[SourceItem], task_status: trio.TaskStatus[None]) -> None:
         from bcc.libbcc import lib
 
-        bpf["events"].open_ring_buffer(self._on_record)
+        bpf[b"events"].open_ring_buffer(self._on_record)
         epoll_fd = lib.ring_buffer__epoll_fd
         epoll_fd.restype = ctypes.c_int
         epoll_fd.argtypes = [ctypes.c_void_p]
         fd = int(epoll_fd(bpf._ringbuf_manager))
         if fd < 0:
             raise UnavailableError("bpf source", f"ring_buffer__epoll_fd failed ({fd})")
-        drops = bpf["drops"]
+        drops = bpf[b"drops"]
         if self.kexec_log is not None and self.plan.probes_kexec:
             self.kexec_log.active = True
         self.attached.set()
