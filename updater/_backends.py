@@ -17,9 +17,10 @@ retries, falls back and reports.  Backends:
   segment's address in :class:`HeaderOptions`) and loads the segments itself.
   It plugs in through ``updater.fastpath.create_backend(command, settings)``,
   returning a :class:`LoaderBackend`; ``auto`` prefers it once it exists.
-- ``dry-run``: writes what a reload would load (the header now, the segment
-  set once the fast path lands) and a manifest into a staging directory,
-  atomically, and loads nothing.
+- ``dry-run``: writes what a reload would load (the header, and the fast
+  path's segment set manifest when the fast path can be prepared here:
+  ``updater.fastpath.create_stager``) and a manifest into a staging
+  directory, atomically, and loads nothing.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ import trio
 from ._config import KexecSettings, UpdaterSettings
 from ._distro import KexecCommand, find_kexec_binary
 from ._elfcorehdr import ElfCoreHeader, HeaderDiff
+from kdump_coalesce.errors import KdumpCoalesceError
+
 from ._errors import BackendUnavailableError
 from ._snapshot import SystemSnapshot
 
@@ -150,11 +153,17 @@ class DryRunBackend:
     changes_kdump = False
     fixed_layout = False
 
-    def __init__(self, staging_dir: str, keep: int = 8, why: str = "") -> None:
+    def __init__(
+        self, staging_dir: str, keep: int = 8, why: str = "", segments: SegmentStager | None = None, segments_why: str = ""
+    ) -> None:
         self.staging = Path(staging_dir)
         self.keep = keep
         self.why = why
         self.staged = 0
+        # The fast path's segment set for each header (``fastpath.json`` and the
+        # segments that change per batch), or why there is none.
+        self.segments = segments
+        self.segments_why = segments_why
 
     def describe(self) -> str:
         return f"dry-run: stages headers in {self.staging}, loads nothing" + (f" ({self.why})" if self.why else "")
@@ -206,7 +215,9 @@ class DryRunBackend:
         try:
             _write_file(tmp / "elfcorehdr.bin", request.header.to_bytes())
             _write_file(tmp / "snapshot.json", (json.dumps(request.snapshot.to_json(), indent=1) + "\n").encode())
-            _write_file(tmp / "manifest.json", (json.dumps(self.manifest(request), indent=1) + "\n").encode())
+            manifest = self.manifest(request)
+            manifest["fastpath"] = self._stage_segments(request, tmp)
+            _write_file(tmp / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
             os.chmod(tmp, 0o755)
             final = self.staging / name
             os.rename(tmp, final)
@@ -221,6 +232,18 @@ class DryRunBackend:
         _fsync_dir(self.staging)
         self._prune()
         return final
+
+    def _stage_segments(self, request: LoadRequest, tmp: Path) -> dict[str, Any]:
+        if self.segments is None:
+            return {"staged": False, "why": self.segments_why or "no fast path"}
+        try:
+            seg_manifest, files = self.segments.stage(request.snapshot, request.header)
+        except (KdumpCoalesceError, OSError) as exc:
+            return {"staged": False, "why": f"{type(exc).__name__}: {exc}"}
+        for name, data in files.items():
+            _write_file(tmp / name, data)
+        _write_file(tmp / "fastpath.json", (json.dumps(seg_manifest, indent=1, default=str) + "\n").encode())
+        return {"staged": True, "file": "fastpath.json", "segments": len(seg_manifest.get("segments", ())), "digest": seg_manifest.get("purgatory_digest")}
 
     def _prune(self) -> None:
         staged = sorted(p for p in self.staging.iterdir() if p.is_dir() and not p.is_symlink() and p.name[:1].isdigit())
@@ -264,14 +287,14 @@ class HostCapabilities:
         return self.crash_hotplug_memory == 1 or self.crash_hotplug_cpu == 1
 
     @classmethod
-    def probe(cls, snapshot: SystemSnapshot, kexec: KexecSettings) -> HostCapabilities:
+    def probe(cls, snapshot: SystemSnapshot, kexec: KexecSettings, settings: UpdaterSettings | None = None) -> HostCapabilities:
         return cls(
             kexec_crash_loaded=snapshot.kexec_crash_loaded,
             kexec_crash_size=snapshot.kexec_crash_size,
             crash_hotplug_memory=snapshot.crash_hotplug_memory,
             crash_hotplug_cpu=snapshot.crash_hotplug_cpu,
             kexec_binary=find_kexec_binary(kexec.binary),
-            fastpath=fastpath_unavailable_reason(),
+            fastpath=fastpath_unavailable_reason(kexec, settings),
         )
 
 
@@ -284,10 +307,33 @@ def fastpath_factory() -> Callable[..., LoaderBackend] | None:
     return factory if callable(factory) else None
 
 
-def fastpath_unavailable_reason() -> str:
+def fastpath_unavailable_reason(kexec: KexecSettings | None = None, settings: UpdaterSettings | None = None) -> str:
+    """"" when ``auto`` may pick kexec-fast: the hook exists and, given the
+    settings, the fast path says it can run here (kexec_load allowed, the
+    kexec-tools purgatory found, a bzImage capture kernel)."""
     if fastpath_factory() is None:
         return "updater.fastpath has no create_backend() yet"
-    return ""
+    if kexec is None or settings is None:
+        return ""
+    module = importlib.import_module("updater.fastpath")
+    check = getattr(module, "unavailable_reason", None)
+    if not callable(check):
+        return ""
+    reason = check(kexec, settings)
+    return reason if isinstance(reason, str) else ""
+
+
+class SegmentStager(Protocol):
+    def stage(self, snapshot: SystemSnapshot, header: ElfCoreHeader) -> tuple[dict[str, Any], dict[str, bytes]]: ...
+
+
+def fastpath_stager_factory() -> Callable[..., SegmentStager] | None:
+    try:
+        module = importlib.import_module("updater.fastpath")
+    except ImportError:
+        return None
+    factory = getattr(module, "create_stager", None)
+    return factory if callable(factory) else None
 
 
 def choose_backend(requested: str, caps: HostCapabilities) -> tuple[str, str]:

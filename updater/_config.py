@@ -16,6 +16,7 @@ from ._elfcorehdr import CPU_NOTE_CHOICES
 BACKENDS = ("auto", "kernel", "kexec", "kexec-fast", "dry-run")
 LOAD_PATHS = ("auto", "kexec_load", "kexec_file_load")
 DISTROS = ("auto", "debian", "redhat", "none")
+FAST_VERIFY_CHOICES = ("first-full", "always-full")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +50,21 @@ class UpdaterSettings:
     keep_staged: int = option(8, help="how many staged dry-run loads to keep")
     retry_delay: float = option(0.5, help="seconds before the one retry of a failed reload")
     snapshot_root: str = option("/", help="read /proc and /sys under this directory (tests, replaying a captured host)")
+    fast_verify: str = option(
+        "first-full",
+        choices=FAST_VERIFY_CHOICES,
+        help="kexec-fast: how each load's purgatory digest is re-checked before the syscall; first-full: a full "
+        "independent SHA-256 of every segment on the first load after each prepare, then an independent hashlib "
+        "state over the unchanged buffers plus the new header; always-full: the full SHA-256 before every load "
+        "(as slow as kexec -p's hashing)",
+    )
+    fast_purgatory: str = option(
+        "", help="kexec-fast: file holding kexec-tools' purgatory (the kexec binary or a bare ET_REL object); default: the kexec binary"
+    )
 
     def __post_init__(self) -> None:
+        if self.fast_verify not in FAST_VERIFY_CHOICES:
+            raise ConfigError("[updater] fast-verify", f"must be one of {', '.join(FAST_VERIFY_CHOICES)}, got {self.fast_verify!r}")
         if self.headroom_ranges < 0 or self.headroom_cpus < 0:
             raise ConfigError("[updater] headroom-ranges/headroom-cpus", "must be >= 0")
         if self.keep_staged < 1:

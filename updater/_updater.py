@@ -44,8 +44,10 @@ from ._backends import (
     LoaderBackend,
     LoadOutcome,
     LoadRequest,
+    SegmentStager,
     choose_backend,
     fastpath_factory,
+    fastpath_stager_factory,
 )
 from ._config import KexecSettings, UpdaterSettings
 from ._distro import resolve_kexec_command
@@ -274,6 +276,7 @@ class Updater:
         else:
             attempts.append((self.backend, "retry"))
         errors: list[str] = []
+        failed_records: dict[str, Any] = {}
         for index, (backend, kind) in enumerate(attempts):
             if kind == "retry":
                 self.counts["retries"] += 1
@@ -292,14 +295,19 @@ class Updater:
                 extra: dict[str, Any] = {"detail": outcome.detail, "attempts": index + 1}
                 if errors:
                     extra["earlier_errors"] = errors
+                # A backend's own figures (kexec-fast: user-space work vs syscall).
+                extra.update(failed_records)
+                extra.update(outcome.extra.get("record", {}))
                 self._record(
                     result, reason, seq, t0, batch=batch, snapshot=snapshot, header=header, diff=diff, backend=backend,
                     window=(window, exact, source), outcome=outcome, extra=extra,
                 )
                 return True
             errors.append(f"{backend.name}: {outcome.detail}")
+            # Keep a failed attempt's own figures (kexec-fast: what it refused) for the next record.
+            failed_records.update(outcome.extra.get("record", {}))
             log.warning("reload attempt %d (%s) failed: %s", index + 1, backend.name, outcome.detail)
-        self._fail(seq, t0, "; ".join(errors), batch=batch, snapshot=snapshot, header=header, diff=diff)
+        self._fail(seq, t0, "; ".join(errors), batch=batch, snapshot=snapshot, header=header, diff=diff, extra=failed_records)
         return False
 
     def _fail(self, seq: int, t0: float, message: str, **kw: Any) -> None:
@@ -493,7 +501,7 @@ async def open_updater(sections: Mapping[str, object], observer: Observer, kexec
     settings: UpdaterSettings = _section(sections, "updater", UpdaterSettings)
     kexec: KexecSettings = _section(sections, "kexec", KexecSettings)
     snapshot = await trio.to_thread.run_sync(read_snapshot, settings.snapshot_root)
-    caps = HostCapabilities.probe(snapshot, kexec)
+    caps = HostCapabilities.probe(snapshot, kexec, settings)
     name, why = choose_backend(settings.backend, caps)
     _check_writable(settings.status_file, "--status-file")
 
@@ -501,7 +509,8 @@ async def open_updater(sections: Mapping[str, object], observer: Observer, kexec
     fallback: LoaderBackend | None = None
     if name == "dry-run":
         _check_writable(os.path.join(settings.staging_dir, "x"), "--staging-dir")
-        backend = DryRunBackend(settings.staging_dir, settings.keep_staged, why)
+        stager, stager_why = _fastpath_stager(kexec, settings)
+        backend = DryRunBackend(settings.staging_dir, settings.keep_staged, why, stager, stager_why)
     elif name == "kernel":
         backend = None
         try:
@@ -522,6 +531,17 @@ async def open_updater(sections: Mapping[str, object], observer: Observer, kexec
     updater = Updater(settings, name, why, backend, observer, kexec_log, fallback=fallback)
     updater.last_snapshot = snapshot
     return updater
+
+
+def _fastpath_stager(kexec: KexecSettings, settings: UpdaterSettings) -> tuple[SegmentStager | None, str]:
+    """The fast path's segment stager for dry-run, or why there is none (never an error: dry-run loads nothing)."""
+    factory = fastpath_stager_factory()
+    if factory is None:
+        return None, "updater.fastpath has no create_stager()"
+    try:
+        return factory(resolve_kexec_command(kexec), settings), ""
+    except (KdumpCoalesceError, OSError) as exc:
+        return None, str(exc)
 
 
 def _check_writable(path: str, flag: str) -> None:

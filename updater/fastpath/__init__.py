@@ -18,9 +18,27 @@ Then per batch::
     verified = image.verify(segment_set)             # independent full check; raises on mismatch
     fastpath.kexec_load_crash(verified)              # the only call that touches the kernel
 
+In the daemon, :func:`create_backend` (the ``kexec-fast`` backend, the hook
+``updater`` looks for) does all of this per batch, and falls back to the
+``kexec`` backend through the updater on any failure; :func:`create_stager`
+lets ``dry-run`` stage the segment set; :func:`unavailable_reason` is what
+``auto`` asks.
+
 See docs/fast-path.md for the design.
 """
 
+from ._backend import (
+    FastPathEngine,
+    FastPathSources,
+    FastPathStager,
+    KexecFastBackend,
+    create_backend,
+    create_engine,
+    create_stager,
+    iomem_ranges,
+    kexec_load_refused,
+    unavailable_reason,
+)
 from ._bootparams import BOOT_PARAMS_FIELDS, build_setup_segment, capture_cmdline
 from ._bzimage import BzImage, load_bzimage, parse_bzimage
 from ._digest import PrefixDigest, parse_sha256_regions, recompute_digest, sha256_regions
@@ -83,6 +101,10 @@ __all__ = [
     "DigestMismatchError",
     "E820Entry",
     "E820Type",
+    "FastPathEngine",
+    "FastPathSources",
+    "FastPathStager",
+    "KexecFastBackend",
     "ElfcorehdrOverflowError",
     "FastPathInputs",
     "IomemRange",
@@ -109,6 +131,12 @@ __all__ = [
     "capture_cmdline",
     "capture_memory_map",
     "check_kexec_rules",
+    "create_backend",
+    "create_engine",
+    "create_stager",
+    "iomem_ranges",
+    "kexec_load_refused",
+    "unavailable_reason",
     "elfcorehdr_capacity_for",
     "extract_purgatory",
     "kexec_load_crash",
