@@ -56,9 +56,12 @@ class ScenarioReport:
     wall_s: float
     events: int
     sources: list[str]
+    daemon_start_s: float | None
 
 
-def report(scenario: str, trace: TraceLog, *, wall_s: float, time_to_correct_s: float | None) -> ScenarioReport:
+def report(
+    scenario: str, trace: TraceLog, *, wall_s: float, time_to_correct_s: float | None, daemon_start_s: float | None = None
+) -> ScenarioReport:
     r = ScenarioReport(
         scenario=scenario,
         reloads_ok=len(trace.reloads_ok()),
@@ -70,6 +73,7 @@ def report(scenario: str, trace: TraceLog, *, wall_s: float, time_to_correct_s: 
         wall_s=wall_s,
         events=len(trace.events),
         sources=sorted(trace.sources()),
+        daemon_start_s=daemon_start_s,
     )
     print(f"scenario report: {json.dumps(asdict(r))}")
     path = os.environ.get("KDC_VM_REPORT")

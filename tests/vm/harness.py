@@ -651,12 +651,14 @@ class Guest:
         there.  Waits until the trace file exists (or until `ready` accepts the
         trace, if given).
         """
+        t0 = time.monotonic()
         d = GuestDaemon(self, trace_name)
         cmd = " ".join(_shq(a) for a in (str(VENV / "bin" / "kdump-coalesce"), *args, "--trace-file", d.guest_trace))
         self.run_host(
             f"cd /tmp && setsid {cmd} </dev/null >{d.guest_log} 2>&1 & echo $! > {d.guest_pidfile}", timeout=30
         )
         d.wait(ready or (lambda t: True), ready_timeout, "the daemon's trace file")
+        d.start_s = time.monotonic() - t0
         return d
 
 
@@ -664,6 +666,7 @@ class Guest:
 class GuestDaemon:
     guest: Guest
     trace_name: str
+    start_s: float = 0.0  # from launch to `ready` (or the trace file) as the host saw it
 
     @property
     def guest_trace(self) -> str:
@@ -832,7 +835,34 @@ class TraceLog:
     batches: list[Mapping[str, Any]] = field(default_factory=list)
     reloads: list[TraceReload] = field(default_factory=list)
     other: list[Mapping[str, Any]] = field(default_factory=list)
+    records: list[Mapping[str, Any]] = field(default_factory=list)
     bad_lines: int = 0
+
+    @property
+    def ready(self) -> bool:
+        """The daemon said ``status state=ready`` (start-up reconciliation done, sources attached)."""
+        return self._ready_index() is not None
+
+    def _ready_index(self) -> int | None:
+        for i, r in enumerate(self.records):
+            if r.get("type") == "status" and r.get("state") == "ready":
+                return i
+        return None
+
+    def reloads_after_ready(self) -> list[TraceReload]:
+        """Reloads caused by batches, not the start-up reconciliation."""
+        i = self._ready_index()
+        if i is None:
+            return []
+        n_before = sum(1 for r in self.records[:i] if r.get("type") == "reload")
+        return self.reloads[n_before:]
+
+    def batches_after_ready(self) -> list[Mapping[str, Any]]:
+        i = self._ready_index()
+        if i is None:
+            return []
+        n_before = sum(1 for r in self.records[:i] if r.get("type") == "batch")
+        return self.batches[n_before:]
 
     def reloads_ok(self) -> list[TraceReload]:
         return [r for r in self.reloads if r.result == "ok"]
@@ -863,6 +893,7 @@ def parse_trace(text: str) -> TraceLog:
         if not isinstance(rec, dict):
             log.bad_lines += 1
             continue
+        log.records.append(rec)
         typ = rec.get("type")
         if typ == "header":
             log.header = rec
