@@ -231,10 +231,20 @@ def kcore_page_offset(loads: tuple[KcoreLoad, ...]) -> int:
     return min(load.vaddr & ~(PUD_SIZE - 1) for load in loads)
 
 
-def kcore_text_mapping(loads: tuple[KcoreLoad, ...], stext: int | None) -> tuple[int, int] | None:
+def kcore_text_mapping(
+    loads: tuple[KcoreLoad, ...], stext: int | None, code_paddr: int | None = None
+) -> tuple[int, int] | None:
     """``(vaddr, size)`` of the kernel text PT_LOAD as kexec-tools computes it:
     the kcore PT_LOAD containing ``_stext`` (or, without it, the one inside the
-    kernel text map), start rounded down to 1 MiB, size to a page."""
+    kernel text map), start rounded down to 1 MiB, size to a page.
+
+    Without ``_stext`` (no readable /proc/kallsyms), kexec-tools takes the
+    PT_LOAD that lies within 512 MiB of ``__START_KERNEL_map``.  With KASLR
+    (CONFIG_RANDOMIZE_BASE, which raises KERNEL_IMAGE_SIZE to 1 GiB) the text
+    can sit beyond that window, so first look for the PT_LOAD in the kernel
+    text map whose physical address is the "Kernel code" start of /proc/iomem:
+    kcore fills in p_paddr for the text mapping (fs/proc/kcore.c, since 4.19's
+    kcore rework), and that identifies it without any symbol."""
 
     def shape(load: KcoreLoad) -> tuple[int, int]:
         start = load.vaddr & ~(KERN_VADDR_ALIGN - 1)
@@ -244,6 +254,10 @@ def kcore_text_mapping(loads: tuple[KcoreLoad, ...], stext: int | None) -> tuple
     if stext is not None:
         for load in loads:
             if load.vaddr <= stext < load.vaddr + load.memsz:
+                return shape(load)
+    if code_paddr is not None:
+        for load in loads:
+            if load.vaddr >= START_KERNEL_MAP and load.paddr <= code_paddr < load.paddr + load.memsz:
                 return shape(load)
     for load in loads:
         if load.vaddr >= START_KERNEL_MAP and load.vaddr + load.memsz <= START_KERNEL_MAP + KERNEL_TEXT_SIZE:

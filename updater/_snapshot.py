@@ -393,7 +393,7 @@ def read_snapshot(root: str = "/") -> SystemSnapshot:
         # map of the first RAM page, which rounds down to that same default,
         # so the kcore value is taken either way (no kallsyms needed).
         page_offset, page_offset_source = kcore_page_offset(loads), "kcore"
-        mapping = kcore_text_mapping(loads, stext)
+        mapping = kcore_text_mapping(loads, stext, paddr)
         if mapping is None:
             raise SnapshotError(r.path("proc/kcore"), "no PT_LOAD maps the kernel text")
         if paddr is not None:

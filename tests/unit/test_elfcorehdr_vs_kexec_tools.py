@@ -16,6 +16,7 @@ from pathlib import Path
 
 from updater import ElfCoreHeader, HeaderOptions, SystemSnapshot, read_snapshot
 from updater._elfcorehdr import PT_LOAD, PT_NOTE
+from updater._snapshot import DEFAULT_PAGE_OFFSET
 
 VM = Path(__file__).parent.parent / "fixtures" / "vm"
 
@@ -67,6 +68,14 @@ def vmcore_note_counts(name: str) -> tuple[int, int]:
     return prstatus, vmcoreinfo
 
 
+def kexec_tools_page_offset(name: str) -> int:
+    """The direct-map base kexec-tools used: vaddr - paddr of its RAM PT_LOADs
+    (every one but the kernel text's, which lives in __START_KERNEL_map)."""
+    offsets = {vaddr - paddr for _flags, vaddr, paddr, _size in vmcore_loads(name) if vaddr < 0xFFFFFFFF80000000}
+    (offset,) = offsets
+    return offset
+
+
 def ours(snap: SystemSnapshot) -> ElfCoreHeader:
     return ElfCoreHeader.build(snap, HeaderOptions.for_loader("kexec_load"))
 
@@ -76,7 +85,9 @@ def test_guest_snapshot_is_complete(tmp_path: Path) -> None:
     assert snap.missing == ()
     assert snap.kernel_release == "6.1.0-56-amd64"
     assert [(n.cpu, n.size) for n in snap.cpu_notes] == [(0, 368), (1, 368)]
-    assert snap.page_offset == 0xFFFF8B1980000000 and snap.page_offset_source == "kcore"  # KASLR'd direct map
+    # KASLR'd direct map: kexec-tools' header maps RAM at vaddr = page_offset + paddr.
+    assert snap.page_offset == kexec_tools_page_offset("vmcore-head.after-dimm-1g-reload.bin")
+    assert snap.page_offset != DEFAULT_PAGE_OFFSET and snap.page_offset_source == "kcore"
     assert snap.kernel_text is not None and snap.kernel_text.source == "kcore"
     assert snap.crash_kernel[0].size == snap.kexec_crash_size == 256 << 20
     assert snap.kexec_crash_loaded is True and snap.cpus_possible == tuple(range(8))
@@ -88,7 +99,7 @@ def test_pt_loads_match_kexec_tools_after_dimm_hot_add(tmp_path: Path) -> None:
     mine = [(p.p_flags, p.p_vaddr, p.p_paddr, p.p_memsz) for p in header.phdrs if p.p_type == PT_LOAD]
     theirs = vmcore_loads("vmcore-head.after-dimm-1g-reload.bin")
     assert mine == theirs
-    assert (0x7, 0xFFFF8B1A80000000, 0x100000000, 0x40000000) in mine  # the hot-added DIMM
+    assert (0x7, snap.page_offset + 0x100000000, 0x100000000, 0x40000000) in mine  # the hot-added DIMM
     # kexec-tools wrote one PT_NOTE per present CPU plus vmcoreinfo.
     assert vmcore_note_counts("vmcore-head.after-dimm-1g-reload.bin") == (len(header.note_cpus), 1) == (2, 1)
     assert [p.p_memsz for p in header.cpu_note_phdrs] == [368, 368]

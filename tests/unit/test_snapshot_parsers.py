@@ -14,6 +14,7 @@ from kdump_coalesce.errors import InputError, NeedsRootError
 from probes import MemoryRange
 from updater import SnapshotError, SystemSnapshot, read_snapshot
 from updater._parse import (
+    KcoreLoad,
     kcore_page_offset,
     kcore_text_mapping,
     parse_cpu_list,
@@ -118,6 +119,17 @@ def test_kcore_page_offset_and_text_mapping() -> None:
     assert kcore_text_mapping(loads, None) == (0xFFFFFFFF81000000, 0x2C00000)
     with pytest.raises(SnapshotError, match="program headers end"):
         parse_kcore_loads(data[:100])
+
+
+def test_kcore_text_mapping_beyond_512m_found_by_kernel_code_paddr() -> None:
+    # KASLR put the text 0x3bc00000 above __START_KERNEL_map (the VM
+    # fixture's boot): outside kexec-tools' 512 MiB fallback window.
+    text = KcoreLoad(vaddr=0xFFFFFFFFBBC00000, paddr=0x2DC00000, memsz=0x3430000)
+    direct = KcoreLoad(vaddr=0xFFFF8B1980100000, paddr=0x100000, memsz=0x3FEE0000)
+    loads = (text, direct)
+    assert kcore_text_mapping(loads, None) is None
+    assert kcore_text_mapping(loads, None, code_paddr=0x2DC00000) == (0xFFFFFFFFBBC00000, 0x3430000)
+    assert kcore_text_mapping(loads, None, code_paddr=0x1000) is None
 
 
 def test_live_host_snapshot_says_what_is_missing() -> None:
