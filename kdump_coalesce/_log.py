@@ -11,9 +11,10 @@ line instead of ``key=value`` text.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 from coalescer import Batch
@@ -75,3 +76,55 @@ class LogObserver:
             self.log(priority, message, **{k: v for k, v in fields.items() if k not in ("priority", "message")})
         elif kind == "status":
             self.log(DEBUG, "status", **dict(fields))
+        elif kind == "error":
+            message = str(fields.get("message", "error"))
+            self.log(ERR, message, kind="error", **{k: v for k, v in fields.items() if k != "message"})
+        elif kind == "kexec-call" and fields.get("external"):
+            # Someone else reloaded kdump (a distro udev rule still active, an
+            # admin): the loaded header is no longer the daemon's.
+            self.log(WARNING, "kexec call by another process", kind="kexec-call", **{k: v for k, v in fields.items() if k != "external"})
+
+
+class LoggingBridge(logging.Handler):
+    """Routes the stages' ``logging`` records (``kdump_coalesce.*``) through a
+    :class:`LogObserver`, so that they too carry a syslog priority prefix (and
+    are JSON with ``--log-format json``) instead of Python's bare last-resort
+    lines, which journald would file at the default priority."""
+
+    def __init__(self, log: LogObserver) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.target = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR:
+            priority = ERR
+        elif record.levelno >= logging.WARNING:
+            priority = WARNING
+        elif record.levelno >= logging.INFO:
+            priority = INFO
+        else:
+            priority = DEBUG
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        self.target.log(priority, message, logger=record.name)
+
+
+def bridge_logging(log: LogObserver, name: str = "kdump_coalesce") -> Callable[[], None]:
+    """Install a :class:`LoggingBridge` on logger ``name``: its records go to
+    ``log`` and no longer propagate to the root logger.  Returns the function
+    that undoes it (the daemon calls it when it stops)."""
+    logger = logging.getLogger(name)
+    saved = (logger.level, logger.propagate)
+    bridge = LoggingBridge(log)
+    logger.addHandler(bridge)
+    logger.setLevel(logging.DEBUG if log.verbose else logging.INFO)
+    logger.propagate = False
+
+    def undo() -> None:
+        logger.removeHandler(bridge)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+    return undo

@@ -13,6 +13,8 @@ What it attaches:
   ``$NOTIFY_SOCKET`` is set (systemd's ``Type=notify``);
 - Prometheus metrics (:mod:`._metrics`): the node_exporter textfile and the
   optional loopback HTTP endpoint;
+- the stages' Python ``logging`` records routed through the daemon's log
+  (syslog priority prefixes, ``--log-format json``) while it runs;
 - a check for the distro's reload-per-event udev rule (:mod:`._distro_rules`):
   when one is still active, every burst is reloaded twice; the daemon says so
   at start (warning priority) and in ``kdump_coalesce_distro_rule_active``.
@@ -23,7 +25,7 @@ the daemon goes on keeping kdump current.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +33,7 @@ from coalescer import Batch
 from probes import SourceItem
 
 from ._distro_rules import active_distro_rules, distro_rules
-from ._log import ERR, WARNING
+from ._log import ERR, WARNING, bridge_logging
 from ._metrics import MetricsServer, MetricsSettings, MetricsObserver, TextfileWriter, parse_listen
 from ._notify import Notifier, NotifyObserver, watchdog_task
 from .config import option
@@ -53,9 +55,10 @@ class _OnStopping:
     """Last metrics write and endpoint shutdown when the daemon stops (its
     background tasks are cancelled by then)."""
 
-    def __init__(self, writer: TextfileWriter | None, server: MetricsServer | None) -> None:
+    def __init__(self, writer: TextfileWriter | None, server: MetricsServer | None, undo_logging: Callable[[], None]) -> None:
         self.writer = writer
         self.server = server
+        self.undo_logging: Callable[[], None] | None = undo_logging
 
     def on_item(self, item: SourceItem) -> None:
         return None
@@ -71,6 +74,9 @@ class _OnStopping:
         if self.server is not None:
             self.server.close()
             self.server = None
+        if self.undo_logging is not None:
+            self.undo_logging()
+            self.undo_logging = None
 
 
 def _section(sections: Mapping[str, object], name: str, cls: type[Any]) -> Any:
@@ -114,7 +120,10 @@ def attach(daemon: Daemon, sections: Mapping[str, object]) -> None:
         else:
             daemon.notes.append(f"metrics: http://{address}:{server.port}/metrics")
 
-    daemon.observer.add(_OnStopping(writer, server))
+    # The stages' Python logging (the updater's, BCC wrappers') with syslog
+    # priority prefixes too, until the daemon stops.
+    undo_logging = bridge_logging(log)
+    daemon.observer.add(_OnStopping(writer, server, undo_logging))
 
     if service.notify:
         notifier, interval = Notifier.from_environment(on_error=lambda m: log.log(WARNING, m))
