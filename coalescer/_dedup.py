@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from probes import EventsLost, HotplugEvent, SourceItem
 
-_Key = tuple[str, str, int, int, int]
+_Key = tuple[str, str, int, int, int, bool]
 
 
 class Deduplicator:
@@ -41,6 +41,8 @@ class Deduplicator:
 
 
 def _key(item: HotplugEvent) -> _Key:
-    # The return code is part of the key: a failed online and a later
-    # successful one are different changes.
-    return (item.kind.value, item.action.value, item.start, item.size if item.ret is None else -abs(item.ret) - 1, item.cpu)
+    # Success or failure is part of the key (a failed online and a later
+    # successful one are different changes), but how a source spells success
+    # is not: ret=None (a uevent, which has no code) and ret=0 (a BPF probe)
+    # are the same change.
+    return (item.kind.value, item.action.value, item.start, item.size, item.cpu, item.failed)

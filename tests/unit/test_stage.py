@@ -145,3 +145,16 @@ async def test_stop_sources_flushes_and_lets_the_delivery_finish(autojump_clock:
     # the open batch was flushed at stop and delivered in full (5 s consume)
     (batch,) = consumer.batches
     assert batch.reason == "eof" and batch.events == 2
+
+
+def test_dedup_treats_ret_zero_and_no_ret_as_the_same_change() -> None:
+    from coalescer import Deduplicator
+
+    dedup = Deduplicator(window=2.0)
+    bpf = HotplugEvent(Kind.CPU, Action.ONLINE, 1, "bpf", cpu=1, ret=0)
+    uevent = HotplugEvent(Kind.CPU, Action.ONLINE, 2, "uevent", cpu=1)
+    failed = HotplugEvent(Kind.CPU, Action.ONLINE, 3, "uevent", cpu=1, ret=-11)
+    assert dedup.accept(bpf, 0.0)
+    assert not dedup.accept(uevent, 0.01)
+    assert dedup.accept(failed, 0.02)  # a failure is a different change
+    assert dedup.accept(HotplugEvent(Kind.CPU, Action.ONLINE, 4, "uevent", cpu=1), 5.0)  # outside the window
