@@ -64,7 +64,10 @@ def run(args: argparse.Namespace) -> int:
         if ok:
             print("run: can work here")
         else:
-            print("run: cannot work here: " + "; ".join(problems))
+            # `run` still starts on such a host (it watches events and, with
+            # --backend auto, stages headers in dry-run), but it cannot keep a
+            # crash kernel correct, which is what doctor answers for.
+            print("run: cannot keep kdump correct here: " + "; ".join(problems))
     return EXIT_OK if ok else EXIT_UNAVAILABLE
 
 
