@@ -29,12 +29,15 @@ one is followed by a crash whose vmcore has the memory added just before.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shlex
+import struct
 from typing import Any
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
 from updater.fastpath import load_purgatory
 
@@ -130,7 +133,7 @@ def test_fastpath_capture_after_hotplug_matches_kexec_tools(boot_guest: BootGues
     assert {r.record["fastpath"]["verify_mode"] for r in batch_loads} == {"attested-prefix"}
     for r in batch_loads:
         t = r.record["fastpath"]["timings"]
-        assert r.record["window_s"] == pytest.approx(t["syscall_s"], abs=2e-3), r.record
+        assert 0 < r.record["window_s"] <= t["syscall_s"] + 2e-3, r.record  # exact (BPF) or the ctypes bracket
     assert g.sysfs_flag("/sys/kernel/kexec_crash_loaded") == 1
     status = json.loads((g.xfer / "status.json").read_text())
     assert status["backend"] == "kexec-fast" and status["state"] == "ok", status
@@ -199,11 +202,22 @@ trio.run(main)
 
 
 def _bad_purgatory() -> bytes:
-    """kexec-tools' purgatory with ``sha256_digest`` renamed in its string table (same length)."""
+    """kexec-tools' purgatory whose ``sha256_digest`` symbol is renamed ``ha256_digest``.
+
+    Its name shares the string table with ``verify_sha256_digest`` (suffix
+    merging), so the symbol's st_name is moved one byte on instead of
+    editing the string.
+    """
     blob = load_purgatory("/sbin/kexec")
-    data = bytes(blob.data)
-    assert data.count(b"\0sha256_digest\0") == 1
-    return data.replace(b"\0sha256_digest\0", b"\0sha256_digesX\0")
+    data = bytearray(blob.data)
+    elf = ELFFile(io.BytesIO(bytes(data)))
+    symtab = elf.get_section_by_name(".symtab")
+    hits = [i for i, sym in enumerate(symtab.iter_symbols()) if sym.name == "sha256_digest"]
+    assert len(hits) == 1, hits
+    entry = symtab["sh_offset"] + hits[0] * symtab["sh_entsize"]
+    (st_name,) = struct.unpack_from("<I", data, entry)
+    struct.pack_into("<I", data, entry, st_name + 1)
+    return bytes(data)
 
 
 def test_fastpath_faults_refuse_fall_back_and_keep_kdump(boot_guest: BootGuest) -> None:
