@@ -47,6 +47,8 @@ def kexec_daemon_args(
 @dataclass(frozen=True, slots=True)
 class ScenarioReport:
     scenario: str
+    batch_reloads: list[str]  # results of the reloads after `ready` (batches, not the start-up reconciliation)
+    batch_windows_s: list[float | None]
     reloads_ok: int
     reloads_failed: int
     reloads_skipped: int
@@ -62,8 +64,11 @@ class ScenarioReport:
 def report(
     scenario: str, trace: TraceLog, *, wall_s: float, time_to_correct_s: float | None, daemon_start_s: float | None = None
 ) -> ScenarioReport:
+    batch = trace.reloads_after_ready()
     r = ScenarioReport(
         scenario=scenario,
+        batch_reloads=[x.result for x in batch],
+        batch_windows_s=[x.window_s for x in batch if x.result == "ok"],
         reloads_ok=len(trace.reloads_ok()),
         reloads_failed=sum(1 for x in trace.reloads if x.result == "failed"),
         reloads_skipped=sum(1 for x in trace.reloads if x.result == "skipped"),

@@ -356,7 +356,12 @@ class Guest:
         return argv
 
     def start(self) -> None:
+        # pytest dies -> `timeout` gets SIGKILL (pdeathsig) -> qemu, whose parent
+        # that is, gets SIGKILL too; pytest hangs -> `timeout` kills qemu.
+        # pdeathsig follows the *thread* that forked: start guests from the
+        # main thread (the fixtures do).
         argv = [
+            "setpriv", "--pdeathsig", "KILL",
             "timeout", "-s", "KILL", str(int(self.config.hard_timeout)),
             "setpriv", "--pdeathsig", "KILL", *self.qemu_argv(),
         ]
