@@ -29,7 +29,10 @@ synth = _load_synth()
 def real_bzimage() -> str | None:
     """A Debian kernel for tests: $KDUMP_COALESCE_BZIMAGE, the VM asset cache, or an extracted .deb."""
     candidates = [os.environ.get("KDUMP_COALESCE_BZIMAGE", "")]
-    candidates += sorted(glob.glob("/var/cache/kdump-coalesce/vm/**/vmlinuz-*", recursive=True))
+    # tools/vm-assets caches the guest kernel as <cache>/<release>/vmlinuz.
+    cache = os.environ.get("KDUMP_COALESCE_VM_CACHE", "/var/cache/kdump-coalesce/vm")
+    candidates += sorted(glob.glob(os.path.join(cache, "*", "vmlinuz")))
+    candidates += sorted(glob.glob(os.path.join(cache, "**", "vmlinuz-*"), recursive=True))
     candidates += sorted(glob.glob("/boot/vmlinuz-6.1.*-amd64"))
     return next((c for c in candidates if c and os.path.isfile(c)), None)
 

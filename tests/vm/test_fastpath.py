@@ -16,7 +16,12 @@ Allowed differences between the two vmcores (documented in docs/fast-path.md):
 - KASLR differs per boot: the kernel text PT_LOAD's addresses and the direct
   map base (page_offset) are compared as "text size equal" and "every RAM
   PT_LOAD has p_vaddr = page_offset + p_paddr with one 1 GiB-aligned
-  page_offset"; the RAM PT_LOADs (p_paddr, p_memsz) must be identical.
+  page_offset";
+- the crash region's place differs per boot too (crashkernel= is reserved
+  around wherever KASLR put the kernel), and both loaders cut it out of the
+  RAM they dump: each vmcore's RAM PT_LOADs must avoid its own boot's crash
+  region, and with that region added back both must cover exactly the same
+  RAM; both have the same number of PT_LOADs.
 
 Fault injection (one guest, one crash): a purgatory blob missing a symbol
 (refused at start-up, exit non-zero, kdump untouched), a crash region too
@@ -42,7 +47,7 @@ from elftools.elf.elffile import ELFFile
 from updater.fastpath import load_purgatory
 
 from .conftest import BootGuest
-from .harness import CAPTURE_APPEND, GIB, GUEST_XFER, VENV, GuestDaemon, TraceLog, VmAssets, parse_trace
+from .harness import CAPTURE_APPEND, GIB, GUEST_XFER, VENV, GuestDaemon, TraceLog, VmAssets, crash_kernel, merge_ranges, parse_trace
 from .vmcore import VmcoreHeader
 
 pytestmark = pytest.mark.vm
@@ -89,6 +94,11 @@ def _timing_table(trace: TraceLog) -> str:
 
 def _ram_loads(v: VmcoreHeader) -> list[tuple[int, int]]:
     return sorted((s.paddr, s.memsz) for s in v.loads if s.vaddr < TEXT_VADDR_MIN)
+
+
+def _with_region(v: VmcoreHeader, region: tuple[int, int]) -> list[tuple[int, int]]:
+    """The RAM the vmcore covers with the boot's crash region added back (its place differs per boot)."""
+    return merge_ranges([(p, p + m) for p, m in _ram_loads(v)] + [region])
 
 
 def _text_sizes(v: VmcoreHeader) -> list[int]:
@@ -138,6 +148,7 @@ def test_fastpath_capture_after_hotplug_matches_kexec_tools(boot_guest: BootGues
     status = json.loads((g.xfer / "status.json").read_text())
     assert status["backend"] == "kexec-fast" and status["state"] == "ok", status
     d.stop()
+    region1 = crash_kernel(g.iomem())
     fast = g.crash_and_capture()
     print(f"kexec-fast capture: {fast.vmcore.describe()}\n  cmdline: {fast.cmdline}")
     assert fast.vmcore.covers(dimm.addr, dimm.end), fast.vmcore.describe()
@@ -150,10 +161,17 @@ def test_fastpath_capture_after_hotplug_matches_kexec_tools(boot_guest: BootGues
     assert (dimm2.addr, dimm2.end) == (dimm.addr, dimm.end)
     assert g2.hotplug_cpu(online=True) == cpu
     g2.kexec_load_crash("kexec_load", where="host")  # the same /sbin/kexec, kernel and initrd files
+    region2 = crash_kernel(g2.iomem())
     ref = g2.crash_and_capture()
     print(f"kexec -p capture:   {ref.vmcore.describe()}\n  cmdline: {ref.cmdline}")
 
-    assert _ram_loads(fast.vmcore) == _ram_loads(ref.vmcore), f"\nfast {fast.vmcore.describe()}\nref  {ref.vmcore.describe()}"
+    assert region1 is not None and region2 is not None
+    for v, region in ((fast.vmcore, region1), (ref.vmcore, region2)):
+        assert not [(p, m) for p, m in _ram_loads(v) if p < region[1] and region[0] < p + m], (v.describe(), region)
+    assert _with_region(fast.vmcore, region1) == _with_region(ref.vmcore, region2), (
+        f"\nfast {fast.vmcore.describe()} (crash region {region1[0]:#x}-{region1[1] - 1:#x})"
+        f"\nref  {ref.vmcore.describe()} (crash region {region2[0]:#x}-{region2[1] - 1:#x})"
+    )
     assert _text_sizes(fast.vmcore) == _text_sizes(ref.vmcore)
     for v in (fast.vmcore, ref.vmcore):
         (po,) = _page_offsets(v)
