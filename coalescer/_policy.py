@@ -23,9 +23,17 @@ Defaults:
 - ``max_delay = 30`` s: the longest an addition waits during a continuous
   storm; a 480 x 1 GiB resize that streams for minutes then costs one reload
   per 30 s rather than one per event.
-- ``urgent_quiet = 0.25`` s and ``urgent_max_delay = 5`` s once the batch holds
-  an offline/remove: short enough that a stale header listing gone memory
-  lives seconds, long enough to fold a DIMM's 8 block removals into one reload.
+- ``urgent_max_delay = 5`` s once the batch holds an offline/remove: a stale
+  header listing gone memory lives seconds, not the 30 s an addition may wait.
+- ``urgent_quiet = 1.0`` s, the same as ``quiet``: a removal must not close
+  its batch *sooner* after the last event than an addition would.  Offlining
+  migrates pages, so blocks go offline further apart than they come online:
+  in the VM tier (TCG) the 8 blocks of one 1 GiB DIMM went offline more than
+  0.25 s apart, and a 0.25 s urgent quiet made 8 batches of one removal.
+  virtio-mem offlines *and removes* block by block, so each of those batches
+  would have been a reload: one window per block, the very pathology this
+  daemon exists to remove.  The cap (``urgent_max_delay``) is what makes
+  removals urgent; the quiet period is what makes them one batch.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from kdump_coalesce.errors import ConfigError
 class Policy:
     quiet: float = option(1.0, flag="--quiet", help="close a batch after this many seconds without an event")
     max_delay: float = option(30.0, flag="--max-delay", help="close a batch at most this many seconds after its first event")
-    urgent_quiet: float = option(0.25, flag="--urgent-quiet", help="quiet period once a batch holds an offline/remove")
+    urgent_quiet: float = option(1.0, flag="--urgent-quiet", help="quiet period once a batch holds an offline/remove")
     urgent_max_delay: float = option(5.0, flag="--urgent-max-delay", help="max delay once a batch holds an offline/remove")
     channel_size: int = option(4096, help="capacity of the bounded channel from the sources (backpressure beyond it)")
     dedup_window: float = option(2.0, help="seconds within which the same change from two sources counts once")

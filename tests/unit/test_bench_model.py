@@ -3,6 +3,8 @@ with the events, on trio's virtual clock, on small scenarios."""
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 
 import pytest
@@ -96,12 +98,16 @@ def test_kdump_coalesce_needs_no_reload_for_churn() -> None:
     assert run.metrics.settle_s == 0.0  # back to where it started
 
 
-def test_shrink_is_stale_only_briefly_with_kdump_coalesce() -> None:
-    events = build_scenario("shrink:36G:32G").events
-    kc = run_strategy("kdump-coalesce", events, PARAMS)
-    assert kc.metrics.reloads >= 1
-    # removals are urgent: the header lists gone memory for ~urgent_quiet, not quiet
-    assert kc.metrics.settle_s is not None and kc.metrics.settle_s < 1.0
+def test_removals_wait_at_most_urgent_max_delay_additions_up_to_max_delay() -> None:
+    # The same 20 s stream of block events (512 blocks, 40 ms apart), once as
+    # removals and once as additions.  Removals are urgent: a batch holding
+    # one closes urgent_max_delay (5 s) after it, so the stream takes a
+    # reload every 5 s; additions wait up to max_delay (30 s): one reload.
+    shrink = run_strategy("kdump-coalesce", build_scenario("shrink:96G:32G:interval=40ms").events, PARAMS)
+    grow = run_strategy("kdump-coalesce", build_scenario("resize:32G:96G:interval=40ms").events, PARAMS)
+    burst = 511 * 0.040
+    assert shrink.metrics.reloads >= math.ceil(burst / 5.0)
+    assert grow.metrics.reloads == 1
 
 
 def test_metrics_follow_the_machine() -> None:

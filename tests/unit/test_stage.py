@@ -57,7 +57,7 @@ async def test_continuous_storm_is_bounded_by_max_delay(autojump_clock: trio.tes
 
 
 async def test_removal_closes_early(autojump_clock: trio.testing.MockClock) -> None:
-    policy = Policy(quiet=5.0, max_delay=60.0, urgent_quiet=0.25, urgent_max_delay=2.0)
+    policy = Policy(quiet=5.0, max_delay=60.0, urgent_quiet=0.25, urgent_max_delay=2.0)  # explicit: not the defaults
     items = [mem(0.0, 0), mem(0.1, 0, Action.OFFLINE)]
     start = trio.current_time()
     batches = await run(items, policy)
