@@ -184,10 +184,11 @@ def live(args: argparse.Namespace) -> int:
         argv = KexecCommand(args.kexec, args.kernel, args.initrd, args.cmdline, load_path, (), "bench").argv()
         trace.clear()
         t = time.perf_counter()
-        proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, err = proc.communicate()
         wall = time.perf_counter() - t
         if proc.returncode != 0 or crash_loaded.read_text().strip() != "1":
-            raise SystemExit(f"{' '.join(argv)} failed: {proc.stderr.decode(errors='replace').strip()}")
+            raise SystemExit(f"{' '.join(argv)} failed: {err.decode(errors='replace').strip()}")
         w = trace.windows(proc.pid)
         return {"wall_s": wall, "window_s": sum(w) if w else float("nan"), "userspace_s": wall - (sum(w) if w else 0.0)}
 
