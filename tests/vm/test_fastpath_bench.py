@@ -26,7 +26,7 @@ def test_fastpath_bench_in_guest(boot_guest: BootGuest) -> None:
     g = boot_guest()
     g.hotplug_dimm(GIB)
     g.hotplug_cpu(online=True)
-    reps = int(os.environ.get("KDC_FASTPATH_BENCH_REPS", "5"))
+    reps = int(os.environ.get("KDC_FASTPATH_BENCH_REPS", "7"))
     res = g.run_host(
         f"cd /tmp && {VENV}/bin/python {REPO}/bench/fastpath_bench.py --live --kernel {g.assets.kernel} "
         f"--initrd {g.assets.capture_initrd} --cmdline '{CAPTURE_APPEND}' --reps {reps} --fast-reps {3 * reps} "
