@@ -261,7 +261,8 @@ def test_fastpath_faults_refuse_fall_back_and_keep_kdump(boot_guest: BootGuest) 
     #    of ~84 MiB from a huge headroom, in 128 MiB with a 64 MiB kernel):
     #    prepare refuses, the same batch falls back to kexec-tools, which fits.
     dimm1 = g.hotplug_dimm(GIB)
-    args = fast_args(g.assets, source="scenario:cpu:2:3", extra=("--headroom-ranges", "1500000"))
+    # --backend auto: on this kernel (kexec_load allowed, no crash_hotplug) it picks kexec-fast.
+    args = fast_args(g.assets, source="scenario:cpu:2:3", backend="auto", extra=("--headroom-ranges", "1500000"))
     quoted = " ".join(shlex.quote(a) for a in args)
     res = g.run_host(f"{VENV}/bin/kdump-coalesce {quoted} --trace-file {GUEST_XFER}/small.jsonl", timeout=240, check=False)
     trace = parse_trace((g.xfer / "small.jsonl").read_text())
@@ -272,6 +273,22 @@ def test_fastpath_faults_refuse_fall_back_and_keep_kdump(boot_guest: BootGuest) 
     assert fb[0].record["fastpath_error"]["error"] == "SegmentLayoutError", fb[0].record
     assert not [r for r in trace.reloads if r.result == "failed"]
     assert g.sysfs_flag("/sys/kernel/kexec_crash_loaded") == 1
+    status = json.loads((g.xfer / "status.json").read_text())
+    assert status["backend"] == "kexec-fast", status["backend_why"]
+
+    # dry-run on this kexec-capable guest stages the fast path's segment set and loads nothing.
+    loaded_before = g.read_text("/sys/kernel/kexec_crash_loaded").strip()
+    args = fast_args(g.assets, source="scenario:cpu:2:3", backend="dry-run", extra=("--staging-dir", f"{GUEST_XFER}/staging"))
+    res = g.run_host(f"{VENV}/bin/kdump-coalesce {' '.join(shlex.quote(a) for a in args)}", timeout=240, check=False)
+    assert res.rc == 0, res.text[-3000:]
+    staged = g.xfer / "staging" / "current"
+    manifest = json.loads((staged / "manifest.json").read_text())
+    assert manifest["fastpath"]["staged"] is True, manifest["fastpath"]
+    seg = json.loads((staged / "fastpath.json").read_text())
+    print(f"dry-run staged: {[(r['kind'], hex(r['mem']), r['memsz']) for r in seg['segments']]}")
+    assert [r["kind"] for r in seg["segments"]][-1] == "elfcorehdr" and seg["verify_mode"] == "full"
+    assert (staged / "segment-elfcorehdr.bin").read_bytes()[:4] == b"\x7fELF"
+    assert g.read_text("/sys/kernel/kexec_crash_loaded").strip() == loaded_before == "1"
 
     # 3. A corrupted cached SHA-256 state: the independent check refuses the
     #    image (first load: full recomputation; later: attested prefix), the
