@@ -26,10 +26,10 @@ def test_fastpath_bench_in_guest(boot_guest: BootGuest) -> None:
     g = boot_guest()
     g.hotplug_dimm(GIB)
     g.hotplug_cpu(online=True)
-    reps = int(os.environ.get("KDC_FASTPATH_BENCH_REPS", "7"))
+    reps = int(os.environ.get("KDC_FASTPATH_BENCH_REPS", "9"))
     res = g.run_host(
         f"cd /tmp && {VENV}/bin/python {REPO}/bench/fastpath_bench.py --live --kernel {g.assets.kernel} "
-        f"--initrd {g.assets.capture_initrd} --cmdline '{CAPTURE_APPEND}' --reps {reps} --fast-reps {3 * reps} "
+        f"--initrd {g.assets.capture_initrd} --cmdline '{CAPTURE_APPEND}' --reps {reps} --fast-reps {2 * reps} "
         f"--json {GUEST_XFER}/bench.json",
         timeout=600,
     )
