@@ -16,7 +16,9 @@ retries, falls back and reports.  Backends:
   module): it takes :attr:`LoadRequest.header` (rebuilt with the backup
   segment's address in :class:`HeaderOptions`) and loads the segments itself.
   It plugs in through ``updater.fastpath.create_backend(command, settings)``,
-  returning a :class:`LoaderBackend`; ``auto`` prefers it once it exists.
+  returning a :class:`LoaderBackend`; ``auto`` prefers it when
+  ``updater.fastpath.unavailable_reason(kexec, settings)`` is empty
+  (kexec_load allowed, the kexec-tools purgatory found, a bzImage kernel).
 - ``dry-run``: writes what a reload would load (the header, and the fast
   path's segment set manifest when the fast path can be prepared here:
   ``updater.fastpath.create_stager``) and a manifest into a staging
@@ -39,11 +41,11 @@ from typing import Any, Protocol
 
 import trio
 
+from kdump_coalesce.errors import KdumpCoalesceError
+
 from ._config import KexecSettings, UpdaterSettings
 from ._distro import KexecCommand, find_kexec_binary
 from ._elfcorehdr import ElfCoreHeader, HeaderDiff
-from kdump_coalesce.errors import KdumpCoalesceError
-
 from ._errors import BackendUnavailableError
 from ._snapshot import SystemSnapshot
 
