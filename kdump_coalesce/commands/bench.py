@@ -23,7 +23,8 @@ scenarios (model, virtual clock, seconds to run):
   shrink          96 GiB -> 32 GiB, 512 blocks offlined and removed
   churn           16 GiB added and removed in one burst (net empty)
   cpu             64 CPUs added and onlined, 50 ms apart
-  vm-resize       the real bench in a qemu guest (not available yet)
+  vm-resize       the real bench: each strategy run for real in a qemu guest (root, a checkout,
+                  tools/vm-assets; about a minute per strategy with 8 DIMMs, udev-serial longer)
 
 strategies: udev-serial (Debian kdump-tools), udev-throttle (RHEL/Fedora kdump-utils),
 load-once (SUSE), kernel (CONFIG_CRASH_HOTPLUG), kdump-coalesce (default policy)
@@ -37,6 +38,9 @@ examples:
       also draw the timeline: events, reloads, windows without crash kernel, stale periods
   kdump-coalesce bench resize-1x480g --set cpus=2 --set kdumpctl_reload_s=1
       the same with other model parameters (bench/README.md lists them and their sources)
+  kdump-coalesce bench vm-resize --dimms 8 --strategy udev-throttle --strategy kdump-coalesce
+      the real bench in the VM tier's guest: 8 x 1 GiB DIMMs, one fresh guest per strategy, each
+      checked by a crash and capture
 """
 
 
@@ -61,6 +65,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run only this strategy (repeatable; default: all five)",
     )
     p.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE", help="override a model parameter")
+    p.add_argument(
+        "--dimms",
+        type=int,
+        default=8,
+        metavar="N",
+        help="vm-resize: hot-add N x 1 GiB DIMMs (8 blocks each; default 8 = 64 blocks, the issue's minimum)",
+    )
+    p.add_argument(
+        "--vm-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="vm-resize: give up on a strategy that has not settled after this long (default 600)",
+    )
     p.set_defaults(func=run)
 
 
