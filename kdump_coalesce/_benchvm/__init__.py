@@ -22,6 +22,12 @@ package): this command imports it from the checkout this package runs from
 without the checkout, or without root, qemu or the VM assets
 (``tools/vm-assets``).
 
+One qemu at a time: before each boot the command waits (at most 300 s) until
+no other qemu-system process runs on the host, and a strategy during whose
+measurement another qemu appeared is marked ``contended`` (its timings are not
+comparable: a second TCG guest on the same cores doubled udev-serial's settle
+time in one run).
+
 Figures (see :mod:`._metrics`): windows and reloads from the guest's
 ``syscalls`` tracepoints (tracefs, CLOCK_MONOTONIC); ``settle_s`` from the
 last memory uevent to the exit of the last successful crash load;
@@ -114,12 +120,45 @@ def _daemon_args(h: ModuleType, assets: Any, backend: str) -> list[str]:
     ]  # fmt: skip
 
 
+def qemu_pids() -> list[int]:
+    """Every qemu-system process on the host (by /proc/PID/comm)."""
+    out: list[int] = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            comm = (d / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm.startswith("qemu-system"):
+            out.append(int(d.name))
+    return out
+
+
+def _wait_for_no_qemu(timeout: float) -> None:
+    """The figures are only comparable with the host's cores to ourselves: one qemu at a time (tests/vm)."""
+    deadline = time.monotonic() + timeout
+    others = qemu_pids()
+    if others:
+        _log(f"waiting for other qemu processes to end ({', '.join(map(str, others))}), at most {timeout:.0f}s")
+    while others:
+        if time.monotonic() > deadline:
+            raise UnavailableError(
+                "bench vm-resize",
+                f"another qemu is still running after {timeout:.0f}s (pids {', '.join(map(str, others))})",
+                "the VM bench needs the host's cores to itself; run it when no other guest runs",
+            )
+        time.sleep(2)
+        others = qemu_pids()
+
+
 def _log(msg: str) -> None:
     print(f"bench vm-resize: {msg}", file=sys.stderr, flush=True)
 
 
 def run_strategy(h: ModuleType, assets: Any, name: str, dimms: int, *, timeout: float = 600.0) -> StrategyRun:
     """One fresh guest, kdump loaded, the burst, the strategy settled, a crash and its capture."""
+    _wait_for_no_qemu(300)
     t0 = time.monotonic()
     cfg = h.GuestConfig(
         mem_mib=1024 if dimms <= 12 else 2048,  # ~2 MiB of boot RAM per hot-added block's memmap
@@ -161,7 +200,11 @@ def run_strategy(h: ModuleType, assets: Any, name: str, dimms: int, *, timeout: 
         for dimm in added:
             g.wait_memory_online(dimm.addr, dimm.end, timeout=180)
         deadline = time.monotonic() + timeout + 30
+        contended: set[int] = set()
         while not (host_out / "result.json").exists():
+            pids = qemu_pids()
+            if len(pids) > 1:  # ours is one of them
+                contended.update(pids)
             if time.monotonic() > deadline:
                 raise h.GuestTimeout(f"{name}: no result after {timeout:.0f}s: {(g.xfer / 'bench.log').read_text(errors='replace')}")
             time.sleep(0.5)
@@ -170,6 +213,8 @@ def run_strategy(h: ModuleType, assets: Any, name: str, dimms: int, *, timeout: 
         fig = figures(raw["uevents"], raw["trace"], cpu_s=cpu, handlers=int(raw["handlers"]), t_end=raw["t_end"])
         if raw.get("timed_out"):
             fig = _note(fig, f"did not settle within {timeout:.0f}s")
+        if contended:
+            fig = _note(fig, f"CONTENDED: another qemu ran during the measurement (pids {sorted(contended)}): timings not comparable")
         if raw.get("uevents_lost"):
             fig = _note(fig, f"{raw['uevents_lost']} uevent receive overflows")
         if raw.get("daemon_cpu_s") is None and name.startswith("kdump-coalesce/"):
@@ -177,7 +222,7 @@ def run_strategy(h: ModuleType, assets: Any, name: str, dimms: int, *, timeout: 
         _log(f"{name}: settled, {fig.reloads} reloads; crashing for the capture")
         cap = g.crash_and_capture()
         covers = all(cap.vmcore.covers(dm.addr, dm.end) for dm in added)
-        return StrategyRun(name, fig, covers, cap.vmcore.describe(), time.monotonic() - t0, raw)
+        return StrategyRun(name, fig, covers, cap.vmcore.describe(), time.monotonic() - t0, {**raw, "contended": bool(contended)})
 
 
 def _note(fig: StrategyFigures, note: str) -> StrategyFigures:
@@ -212,6 +257,7 @@ def vm_bench(dimms: int, names: list[str] | None = None, *, timeout: float = 600
                 "handlers": r.figures.handlers,
                 "wall_s": r.wall_s,
                 "timed_out": bool(r.raw.get("timed_out")),
+                "contended": bool(r.raw.get("contended")),
                 "notes": list(r.figures.notes),
             }
             for r in runs

@@ -59,6 +59,8 @@ def test_bench_vm_resize(vm_assets: VmAssets) -> None:
     for name, det in d.items():
         assert det["capture_covers_all_dimms"], (name, det["capture"])
         assert not det["timed_out"], name
+        if det.get("contended"):
+            print(f"note: {name} ran while another qemu ran: its timings are not comparable")
         assert det["online_uevents"] == blocks, (name, det)
         assert det["failed_kexec_calls"] == 0, (name, det)
         assert s[name]["settle_s"] is not None, (name, det["notes"])
