@@ -151,9 +151,19 @@ class SystemSnapshot:
         if cut_low_1m:
             cuts.append(MemoryRange(0, LOW_1M))
         out: list[MemoryRange] = []
-        for r in sorted(self.ram, key=lambda r: r.start):
+        covered_to = -1
+        for r in sorted(self.ram, key=lambda r: (r.start, -r.end)):
             if r.driver_managed and not driver_managed:
                 continue
+            if r.end <= covered_to:
+                # A "System RAM" line nested in one already listed.  Shrinking
+                # the crash region (/sys/kernel/kexec_crash_size,
+                # kernel/crash_core.c crash_shrink_memory) hands the freed part
+                # back with insert_resource(), which nests it under the outer
+                # System RAM line that still covers it.  kexec-tools 2.0.25
+                # lists it twice (overlapping PT_LOADs); list it once.
+                continue
+            covered_to = max(covered_to, r.end)
             pieces = [(r.start, r.end)]
             for cut in cuts:
                 next_pieces = []

@@ -157,6 +157,25 @@ def test_dump_ranges_cut_crash_kernel_and_low_1m() -> None:
     assert all(r.start >= 1 << 20 for r in cut)
 
 
+def test_ram_handed_back_by_a_crash_region_shrink_is_listed_once() -> None:
+    # After `echo $((128<<20)) > /sys/kernel/kexec_crash_size` on the VM guest
+    # (crashkernel=256M at 0x1d000000), /proc/iomem reads:
+    #   00100000-3ffdffff : System RAM
+    #     1d000000-24ffffff : Crash kernel
+    #     25000000-2cffffff : System RAM      <- the freed half, nested
+    from updater._snapshot import RamRange
+
+    base = read_snapshot(str(LIVE))
+    snap = dataclasses.replace(
+        base,
+        ram=(RamRange(0x1000, 0x9FC00), RamRange(0x100000, 0x3FFE0000), RamRange(0x25000000, 0x2D000000)),
+        crash_kernel=(MemoryRange(0x1D000000, 0x25000000),),
+    )
+    ranges = snap.dump_ranges()
+    assert ranges == (MemoryRange(0x1000, 0x9FC00), MemoryRange(0x100000, 0x1D000000), MemoryRange(0x25000000, 0x3FFE0000))
+    assert all(a.end <= b.start for a, b in zip(ranges, ranges[1:]))  # no overlapping PT_LOADs
+
+
 def test_snapshot_json_round_trip(tmp_path: Path) -> None:
     snap = read_snapshot(str(LIVE))
     path = tmp_path / "snap.json"
