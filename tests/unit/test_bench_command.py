@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import json
 import os
 
@@ -58,10 +60,17 @@ def test_plot_writes_a_png(tmp_path: os.PathLike[str], capsys: pytest.CaptureFix
     assert path in capsys.readouterr().out
 
 
-def test_vm_resize_is_unavailable_until_it_exists(capsys: pytest.CaptureFixture[str]) -> None:
+def test_vm_resize_outside_a_checkout_is_one_line_exit_3(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The real VM bench runs in the vm tier (tests/vm/test_bench_vm.py); here,
+    # only its refusal when the harness is not beside the package (an install).
+    import kdump_coalesce._benchvm as benchvm
+
+    monkeypatch.setattr(benchvm, "REPO", tmp_path)
     assert main(["bench", "vm-resize"]) == EXIT_UNAVAILABLE
     err = capsys.readouterr().err
-    assert "not available yet" in err and len(err.strip().splitlines()) == 1
+    assert "VM harness" in err and str(tmp_path) in err and len(err.strip().splitlines()) == 1
 
 
 def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
