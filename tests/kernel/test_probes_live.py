@@ -8,14 +8,12 @@ so that two test runs on one host do not interleave their hotplug.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,24 +39,10 @@ from probes._bpf_syscall import probe_fentry, probe_kprobe
 pytestmark = pytest.mark.kernel
 
 CPU1 = Path("/sys/devices/system/cpu/cpu1/online")
-LOCK = "/run/lock/kdump-coalesce-cpu-hotplug.lock"
 REPO = Path(__file__).resolve().parent.parent.parent
 FAST = Policy(quiet=0.3, max_delay=5.0, urgent_quiet=0.1, urgent_max_delay=2.0)
 
 
-@pytest.fixture
-def cpu1() -> Iterator[Path]:
-    if not CPU1.exists():
-        pytest.skip("cpu1 cannot be taken offline on this host (no cpu1/online)")
-    os.makedirs(os.path.dirname(LOCK), exist_ok=True)
-    with open(LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            CPU1.write_text("1\n")
-            yield CPU1
-        finally:
-            CPU1.write_text("1\n")
-    assert CPU1.read_text().strip() == "1"
 
 
 def set_cpu1(value: str) -> None:

@@ -33,19 +33,9 @@ from kdump_coalesce._install import unit_template
 
 pytestmark = pytest.mark.kernel
 
-CPU1_ONLINE = Path("/sys/devices/system/cpu/cpu1/online")
 READY_TIMEOUT_S = 180.0  # BCC compiles the probes with clang at start
 
 
-@pytest.fixture
-def cpu1() -> Iterator[Path]:
-    if not CPU1_ONLINE.exists():
-        pytest.skip("cpu1 cannot be taken offline on this host")
-    try:
-        yield CPU1_ONLINE
-    finally:
-        CPU1_ONLINE.write_text("1\n")
-        assert CPU1_ONLINE.read_text().strip() == "1"
 
 
 def unit_capabilities() -> list[str]:

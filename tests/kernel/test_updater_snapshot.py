@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +28,6 @@ CPU1_ONLINE = Path("/sys/devices/system/cpu/cpu1/online")
 DOCUMENTED_MISSING = {"/sys/devices/system/cpu/cpuN/crash_notes", "/proc/kcore", "/sys/kernel/kexec_crash_loaded"}
 
 
-@pytest.fixture
-def cpu1() -> Iterator[Path]:
-    if not CPU1_ONLINE.exists():
-        pytest.skip("cpu1 cannot be taken offline on this host")
-    try:
-        yield CPU1_ONLINE
-    finally:
-        CPU1_ONLINE.write_text("1\n")
-        assert CPU1_ONLINE.read_text().strip() == "1"
 
 
 def test_live_snapshot_is_complete_but_for_documented_gaps() -> None:
