@@ -9,12 +9,10 @@ the VM tier, tests/vm/test_fastpath.py, does it for real).
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -55,16 +53,7 @@ from updater._parse import parse_iomem
 from updater.fastpath._backend import crash_regions_of
 
 
-def _load_synth() -> ModuleType:
-    path = Path(__file__).parents[1] / "fixtures" / "fastpath" / "synth.py"
-    spec = importlib.util.spec_from_file_location("fastpath_synth", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-synth = _load_synth()
+from tests.fixtures.fastpath import synth
 
 IOMEM = """\
 00000000-00000fff : Reserved

@@ -2,39 +2,13 @@
 
 from __future__ import annotations
 
-import glob
-import importlib.util
-import os
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from kdump_coalesce.errors import InputError
 from updater.fastpath import BzImageError, load_bzimage, parse_bzimage
-
-
-def _load_synth() -> ModuleType:
-    path = Path(__file__).parents[1] / "fixtures" / "fastpath" / "synth.py"
-    spec = importlib.util.spec_from_file_location("fastpath_synth", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-synth = _load_synth()
-
-
-def real_bzimage() -> str | None:
-    """A Debian kernel for tests: $KDUMP_COALESCE_BZIMAGE, the VM asset cache, or an extracted .deb."""
-    candidates = [os.environ.get("KDUMP_COALESCE_BZIMAGE", "")]
-    # tools/vm-assets caches the guest kernel as <cache>/<release>/vmlinuz.
-    cache = os.environ.get("KDUMP_COALESCE_VM_CACHE", "/var/cache/kdump-coalesce/vm")
-    candidates += sorted(glob.glob(os.path.join(cache, "*", "vmlinuz")))
-    candidates += sorted(glob.glob(os.path.join(cache, "**", "vmlinuz-*"), recursive=True))
-    candidates += sorted(glob.glob("/boot/vmlinuz-6.1.*-amd64"))
-    return next((c for c in candidates if c and os.path.isfile(c)), None)
+from tests.fixtures.fastpath import real_bzimage, synth
 
 
 def test_synthetic_header_fields() -> None:

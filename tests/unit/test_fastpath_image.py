@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import struct
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -36,16 +34,7 @@ from updater.fastpath import (
 )
 
 
-def _load_synth() -> ModuleType:
-    path = Path(__file__).parents[1] / "fixtures" / "fastpath" / "synth.py"
-    spec = importlib.util.spec_from_file_location("fastpath_synth", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-synth = _load_synth()
+from tests.fixtures.fastpath import synth
 CRASH = PhysRange(0x2B000000, 0x2BFFFFFF)  # 16 MiB
 IOMEM = (
     IomemRange(0x0, 0xFFF, RangeKind.RESERVED),

@@ -15,13 +15,11 @@ with the reason otherwise.  Nothing is loaded: the kernel is never called.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import struct
 import subprocess
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -45,14 +43,7 @@ from updater.fastpath import (
     verify_segment_set,
 )
 
-
-def _load(name: str) -> ModuleType:
-    path = Path(__file__).with_name(name)
-    spec = importlib.util.spec_from_file_location(name[:-3], path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.fixtures.fastpath import real_bzimage
 
 
 KEXEC = "/sbin/kexec"
@@ -87,7 +78,7 @@ CMDLINE = "console=ttyS0 nr_cpus=1 irqpoll reset_devices"
 
 
 def _why_not() -> str | None:
-    bz = _load("test_fastpath_bzimage.py").real_bzimage()
+    bz = real_bzimage()
     if os.geteuid() != 0:
         return "needs root for a private mount namespace"
     for tool in ("gcc", "unshare"):
@@ -116,7 +107,7 @@ def kexec_tools_load(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, lis
     reason = _why_not()
     if reason:
         pytest.skip(reason)
-    bz = _load("test_fastpath_bzimage.py").real_bzimage()
+    bz = real_bzimage()
     d = tmp_path_factory.mktemp("kexec-tools")
     subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", d / "capture.so", SHIM, "-ldl"], check=True)
     (d / "iomem").write_text(IOMEM_TEXT)

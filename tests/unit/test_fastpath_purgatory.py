@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import struct
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -21,16 +19,7 @@ from updater.fastpath import (
 )
 
 
-def _load_synth() -> ModuleType:
-    path = Path(__file__).parents[1] / "fixtures" / "fastpath" / "synth.py"
-    spec = importlib.util.spec_from_file_location("fastpath_synth", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-synth = _load_synth()
+from tests.fixtures.fastpath import synth
 KEXEC = "/sbin/kexec"
 
 
