@@ -298,6 +298,10 @@ class Guest:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"kdc-vm-{name}-"))
         self.xfer = self.workdir / "xfer"
         (self.xfer / "cmd").mkdir(parents=True)
+        # The guest mounts tmpfs over /tmp, /run and /var/tmp of the host root
+        # it chroots into; tools/vm/rc binds this checkout back at its own
+        # path, so a checkout that lives there (a CI clone) stays visible.
+        (self.xfer / "repo-path").write_text(f"{REPO}\n")
         self.console_path = self.workdir / "console.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.qmp: QmpClient | None = None
