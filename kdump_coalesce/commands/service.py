@@ -98,8 +98,32 @@ def _host(args: argparse.Namespace) -> Host:
     return Host(root=root, report=lambda line: print(f"kdump-coalesce {args.command}: {line}", file=sys.stderr))
 
 
+# The unit runs with PrivateTmp=yes: the service gets an empty /tmp and
+# /var/tmp of its own, so an executable (or a venv) there can never start.
+HIDDEN_FROM_UNIT = ("/tmp/", "/var/tmp/")
+
+
+def check_exec_start_visible(exec_start: str, what: str) -> None:
+    """Refuse, before touching anything, a unit that could not start."""
+    import shlex
+
+    try:
+        program = shlex.split(exec_start)[0]
+    except (ValueError, IndexError):
+        raise ConfigError("--exec", f"not a command: {exec_start!r}") from None
+    resolved = os.path.realpath(program)
+    for hidden in HIDDEN_FROM_UNIT:
+        if resolved.startswith(hidden) or program.startswith(hidden):
+            raise ConfigError(
+                what,
+                f"{program} is under {hidden.rstrip('/')}, which the unit's PrivateTmp=yes hides from the service: "
+                "install kdump-coalesce elsewhere (e.g. a venv in /opt) or pass --exec",
+            )
+
+
 def run_install(args: argparse.Namespace) -> int:
     exec_start = args.exec_start or default_exec_start()
+    check_exec_start_visible(exec_start, "--exec" if args.exec_start else "this installation")
     if args.print_unit:
         sys.stdout.write(render_unit(exec_start))
         return EXIT_OK

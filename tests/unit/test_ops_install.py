@@ -16,7 +16,7 @@ import pytest
 from kdump_coalesce._distro_rules import active_distro_rules, is_our_mask, rule_state
 from kdump_coalesce._install import MANIFEST, Host, InstallError, InstallOptions, install, uninstall
 from kdump_coalesce.cli import main
-from kdump_coalesce.errors import EXIT_OK
+from kdump_coalesce.errors import EXIT_BAD_INPUT, EXIT_OK
 
 # /lib/udev/rules.d/50-kdump-tools.rules from Debian bookworm's kdump-tools 1:1.8.1
 DEBIAN_RULE = """\
@@ -267,3 +267,16 @@ def test_print_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["install-service", "--print", "--exec", "/usr/bin/kdump-coalesce"]) == EXIT_OK
     out = capsys.readouterr().out
     assert out.startswith("# kdump-coalesce") and "ExecStart=/usr/bin/kdump-coalesce run\n" in out
+
+
+@pytest.mark.parametrize("exec_start", ["/tmp/checkout/.venv/bin/kdump-coalesce", "/var/tmp/kc/bin/kdump-coalesce --verbose"])
+def test_install_refuses_an_executable_private_tmp_hides(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], exec_start: str
+) -> None:
+    # The unit runs with PrivateTmp=yes: systemd could never start it.
+    root = tmp_path / "root"
+    root.mkdir()
+    assert main(["install-service", "--root", str(root), "--exec", exec_start]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "PrivateTmp=yes hides" in err
+    assert list(root.iterdir()) == []  # nothing was written
