@@ -257,9 +257,9 @@ def test_cli_round_trip_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["uninstall-service", "--root", str(root)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no install manifest" in err[0] and str(root) in err[0]
-    assert main(["install-service", "--root", str(tmp_path / "absent")]) != 0
+    assert main(["install-service", "--root", str(tmp_path / "absent"), "--exec", "/usr/bin/kdump-coalesce"]) != 0
     assert "--root" in capsys.readouterr().err
-    assert main(["install-service", "--root", str(root), "--mask-rule", "../evil"]) != 0
+    assert main(["install-service", "--root", str(root), "--exec", "/usr/bin/kdump-coalesce", "--mask-rule", "../evil"]) != 0
     assert snapshot(root) == before
 
 
