@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 import trio
 
-from coalescer import Batch, FanOut, TraceObserver
+import updater
+from coalescer import FanOut, TraceObserver
 from probes import KexecCallLog, open_sources
 from probes.tracefile import TraceHeader, open_trace_for_writing
 
+from .. import ops
 from .._log import LogObserver
 from ..config import add_section_flags, section_from
 from ..daemon import Daemon, DaemonSettings, Updater, settings_sections
@@ -41,21 +41,8 @@ signal stops at once.
 """
 
 
-def _optional_module(name: str) -> Any:
-    """Stages that plug in (the updater's backends, the operations layer) are
-    looked up at run time so that the daemon can say which are missing."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
-
-
-def _extra_sections() -> dict[str, type[Any]]:
-    sections: dict[str, type[Any]] = {}
-    for module_name in ("updater", "kdump_coalesce.ops"):
-        module = _optional_module(module_name)
-        sections.update(getattr(module, "SECTIONS", {}) if module is not None else {})
-    return sections
+# Every stage's config sections, in the order --help shows them.
+SECTIONS: dict[str, type[Any]] = settings_sections({**updater.SECTIONS, **ops.SECTIONS})
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,47 +56,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_config_flag(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log every event (debug priority)")
-    for section, cls in settings_sections(_extra_sections()).items():
+    for section, cls in SECTIONS.items():
         add_section_flags(p.add_argument_group(f"[{section}] in the config file"), section, cls)
     p.set_defaults(func=run)
 
 
-class LogOnlyUpdater:
-    """Stands in when this build has no updater: says so, loads nothing."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        self.batches = 0
-
-    async def consume(self, batch: Batch) -> None:
-        self.batches += 1
-
-    async def reconcile(self) -> None:
-        return None
-
-    def describe(self) -> str:
-        return f"none: {self.reason}; batches are logged, nothing is loaded"
-
-    def status(self) -> dict[str, Any]:
-        return {"backend": "none", "reason": self.reason, "batches": self.batches}
-
-    async def aclose(self) -> None:
-        return None
-
-
-async def _open_updater(sections: Mapping[str, Any], observer: FanOut, kexec_log: KexecCallLog) -> Updater:
-    module = _optional_module("updater")
-    factory = getattr(module, "open_updater", None) if module is not None else None
-    if factory is None:
-        return LogOnlyUpdater("the updater is not part of this build")
-    updater: Updater = await factory(sections, observer, kexec_log)
-    return updater
-
-
 def run(args: argparse.Namespace) -> int:
-    known = settings_sections(_extra_sections())
-    document, path = read_config(args, known)
-    sections = {name: section_from(cls, name, document, path, args) for name, cls in known.items()}
+    document, path = read_config(args, SECTIONS)
+    sections = {name: section_from(cls, name, document, path, args) for name, cls in SECTIONS.items()}
     settings: DaemonSettings = sections["daemon"]
     if settings.speed < 0:
         raise ConfigError("--speed", "must be >= 0")
@@ -127,11 +81,9 @@ def run(args: argparse.Namespace) -> int:
         observer.add(TraceObserver(writer, clock=trio.current_time))
 
     async def main() -> None:
-        updater = await _open_updater(sections, observer, kexec_log)
-        daemon = Daemon(sections["coalescer"], selection.sources, updater, observer, log, notes=list(selection.notes))
-        ops = _optional_module("kdump_coalesce.ops")
-        if ops is not None:
-            ops.attach(daemon, sections)
+        stage: Updater = await updater.open_updater(sections, observer, kexec_log)
+        daemon = Daemon(sections["coalescer"], selection.sources, stage, observer, log, notes=list(selection.notes))
+        ops.attach(daemon, sections)
         await daemon.run()
 
     try:

@@ -26,7 +26,7 @@ from kdump_coalesce._metrics import (
     parse_listen,
     write_textfile,
 )
-from kdump_coalesce.commands.run import LogOnlyUpdater
+from tests.fixtures.doubles import NullUpdater
 from kdump_coalesce.daemon import Daemon
 from kdump_coalesce.errors import ConfigError
 from kdump_coalesce.ops import ServiceSettings, attach
@@ -288,7 +288,7 @@ async def test_daemon_with_ops_writes_the_textfile(tmp_path: Path, monkeypatch: 
 
     log = LogObserver(Sink(), fmt="text")  # type: ignore[arg-type]
     selection = open_sources("scenario:cpu:2:4")
-    daemon = Daemon(Policy(quiet=0.05, max_delay=1.0), selection.sources, LogOnlyUpdater("test"), FanOut([log]), log)
+    daemon = Daemon(Policy(quiet=0.05, max_delay=1.0), selection.sources, NullUpdater("test"), FanOut([log]), log)
     prom = tmp_path / "kdump-coalesce.prom"
     attach(daemon, {"metrics": MetricsSettings(textfile=str(prom)), "service": ServiceSettings(rules_root=str(tmp_path))})
     await daemon.run()

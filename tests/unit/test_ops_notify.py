@@ -14,7 +14,7 @@ import trio.testing
 from coalescer import BatchBuilder, FanOut, Policy
 from kdump_coalesce._log import LogObserver
 from kdump_coalesce._notify import Notifier, NotifyObserver, notify_address, watchdog_interval, watchdog_task
-from kdump_coalesce.commands.run import LogOnlyUpdater
+from tests.fixtures.doubles import NullUpdater
 from kdump_coalesce.daemon import Daemon
 from kdump_coalesce.ops import attach
 from probes import Action, HotplugEvent, Kind, open_sources
@@ -159,7 +159,7 @@ async def test_daemon_with_ops_sends_ready_status_stopping(receiver: Receiver, t
             pass
 
     log = LogObserver(Sink(), fmt="text")  # type: ignore[arg-type]
-    daemon = Daemon(Policy(quiet=0.05, max_delay=1.0), selection.sources, LogOnlyUpdater("test"), FanOut([log]), log)
+    daemon = Daemon(Policy(quiet=0.05, max_delay=1.0), selection.sources, NullUpdater("test"), FanOut([log]), log)
     from kdump_coalesce._metrics import MetricsSettings
     from kdump_coalesce.ops import ServiceSettings
 
