@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,8 +30,6 @@ def add_policy_flags(parser: argparse.ArgumentParser) -> None:
 
 def read_config(args: argparse.Namespace, known_sections: Mapping[str, type[Any]]) -> tuple[dict[str, Any], str]:
     """The config document (empty when there is none) and its path."""
-    import os
-
     path = getattr(args, "config", None)
     if path is None:
         if not os.path.exists(DEFAULT_CONFIG):
