@@ -41,7 +41,8 @@ from dataclasses import dataclass
 import trio
 
 from coalescer import BatchBuilder, BatchRecorder, Policy, coalesce, run_pipeline
-from probes import HotplugEvent, ReplaySource, build_scenario
+from probes import ReplaySource, build_scenario
+from ground.events import HotplugEvent
 
 SCENARIO = "resize:32G:512G"
 CORE_TARGET = 500_000.0

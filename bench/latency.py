@@ -28,8 +28,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coalescer import BatchRecorder, Batch, Policy, run_pipeline  # noqa: E402
-from probes import BpfSource, HotplugEvent, Kind, SourceItem, UeventSource, plan_program  # noqa: E402
+from coalescer import BatchRecorder, Policy, run_pipeline  # noqa: E402
+from ground.records import Batch
+from probes import BpfSource, UeventSource, plan_program  # noqa: E402
+from ground.events import HotplugEvent, Kind, SourceItem
 from probes import _sysfs  # noqa: E402
 
 CPU1 = Path("/sys/devices/system/cpu/cpu1/online")

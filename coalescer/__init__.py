@@ -7,26 +7,22 @@ seconds or ``max_delay`` after its first event, and hands batches to one
 :class:`BatchConsumer` (the updater) one at a time.
 """
 
-from ._batch import Batch, BatchBuilder, NetPair
+from ._batch import BatchBuilder, NetPair
 from ._core import Coalescer, OpenBatch, coalesce
 from ._dedup import Deduplicator
-from ._observer import FanOut, Observer
 from ._policy import Policy
 from ._rangeset import RangeSet
 from ._recorder import BatchRecorder, TraceObserver
 from ._stage import BatchConsumer, CoalescerStage, run_pipeline
 
 __all__ = [
-    "Batch",
     "BatchBuilder",
     "BatchRecorder",
     "BatchConsumer",
     "Coalescer",
     "CoalescerStage",
     "Deduplicator",
-    "FanOut",
     "NetPair",
-    "Observer",
     "OpenBatch",
     "Policy",
     "RangeSet",

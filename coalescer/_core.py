@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from probes import SourceItem
+from ground.events import SourceItem
 
-from ._batch import Batch, BatchBuilder
+from ._batch import BatchBuilder
+from ground.records import Batch
 from ._dedup import Deduplicator
 from ._policy import Policy
 

@@ -10,7 +10,7 @@ for all sources).  A repeat from the same source is a real repeat.
 
 from __future__ import annotations
 
-from probes import EventsLost, HotplugEvent, SourceItem
+from ground.events import EventsLost, HotplugEvent, SourceItem
 
 _Key = tuple[str, str, int, int, int, bool]
 

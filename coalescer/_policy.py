@@ -40,8 +40,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdump_coalesce.config import option
-from kdump_coalesce.errors import ConfigError
+from ground.config import option
+from ground.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,10 @@ import json
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
-from probes import SourceItem
-from probes.tracefile import TraceWriter
+from ground.events import SourceItem
+from ground.tracefile import TraceWriter
 
-from ._batch import Batch
+from ground.records import Batch
 
 
 class BatchRecorder:

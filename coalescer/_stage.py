@@ -21,11 +21,13 @@ from typing import Protocol
 
 import trio
 
-from probes import EventSource, SourceItem
+from probes import EventSource
+from ground.events import SourceItem
 
-from ._batch import Batch, BatchBuilder
+from ._batch import BatchBuilder
+from ground.records import Batch
 from ._core import Coalescer, OpenBatch
-from ._observer import FanOut, Observer
+from ground.observer import FanOut, Observer
 from ._policy import Policy
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from . import __version__
 from ._distro_rules import KNOWN_RULES, OVERRIDE_DIR, DistroRule, is_our_mask, mask_text, rule_state
-from .errors import InputError, KdumpCoalesceError, NeedsRootError
+from ground.errors import InputError, KdumpCoalesceError, NeedsRootError
 
 UNIT_NAME = "kdump-coalesce.service"
 UNIT_DIR = "etc/systemd/system"

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
-from coalescer import Batch
-from probes import EventsLost, SourceItem
+from ground.records import Batch
+from ground.events import EventsLost, SourceItem
 
 ERR, WARNING, INFO, DEBUG = 3, 4, 6, 7
 LOG_FORMATS = ("text", "json")

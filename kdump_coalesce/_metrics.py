@@ -41,12 +41,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from coalescer import Batch
-from probes import EventsLost, HotplugEvent, SourceItem
+from ground.records import Batch
+from ground.events import EventsLost, HotplugEvent, SourceItem
 
 from . import __version__
-from .config import option
-from .errors import ConfigError
+from ground.config import option
+from ground.errors import ConfigError
 
 PREFIX = "kdump_coalesce"
 DEFAULT_TEXTFILE = "/var/lib/prometheus/node-exporter/kdump-coalesce.prom"

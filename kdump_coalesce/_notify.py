@@ -34,8 +34,8 @@ from typing import Any
 
 import trio
 
-from coalescer import Batch
-from probes import SourceItem
+from ground.records import Batch
+from ground.events import SourceItem
 
 # Long enough for systemd (which reads the socket from its main loop) to drain
 # a full queue; short enough that a wedged manager cannot stall the pipeline

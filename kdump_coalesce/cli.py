@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from . import __version__, commands
-from .errors import EXIT_BAD_INPUT, KdumpCoalesceError
+from ground.errors import EXIT_BAD_INPUT, KdumpCoalesceError
 
 USAGE = """\
 examples:

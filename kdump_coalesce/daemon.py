@@ -23,11 +23,13 @@ from typing import Any, Protocol
 
 import trio
 
-from coalescer import Batch, CoalescerStage, FanOut, Policy, run_pipeline
+from coalescer import CoalescerStage, Policy, run_pipeline
+from ground.observer import FanOut
+from ground.records import Batch
 from probes import SOURCE_SPECS, EventSource
 
 from ._log import INFO, LOG_FORMATS, WARNING, LogObserver
-from .config import option
+from ground.config import option
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,14 +29,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from coalescer import Batch
-from probes import SourceItem
+from ground.records import Batch
+from ground.events import SourceItem
 
 from ._distro_rules import active_distro_rules, distro_rules
 from ._log import ERR, WARNING, bridge_logging
 from ._metrics import MetricsServer, MetricsSettings, MetricsObserver, TextfileWriter, parse_listen
 from ._notify import Notifier, NotifyObserver, watchdog_task
-from .config import option
+from ground.config import option
 from .daemon import Daemon
 
 

@@ -1,22 +1,11 @@
-"""Event sources: the kernel's hotplug events as :class:`HotplugEvent`.
+"""Event sources: the kernel's hotplug events as :class:`ground.events.HotplugEvent`.
 
 Sources: BPF (BCC) on the cpuhp tracepoints and the memory hotplug functions,
 netlink uevents, replay of a recorded trace, and synthetic scenarios.
 """
 
-from ._event import (
-    REMOVALS,
-    STATE_CHANGES,
-    Action,
-    EventsLost,
-    HotplugEvent,
-    Kind,
-    MemoryRange,
-    SourceItem,
-)
 from ._bpf import BpfPlan, BpfSource, RecordError, decode_record, plan_program
 from ._bpf_program import MemoryProbe, ProgramSpec, render
-from ._kexec_log import KexecCall, KexecCallLog
 from ._replay import ReplaySource, replay_scenario, replay_trace
 from ._scenario import SCENARIOS, Scenario, build_scenario
 from ._select import SOURCE_SPECS, SourceSelection, open_sources
@@ -50,15 +39,5 @@ __all__ = [
     "parse_size",
     "replay_scenario",
     "replay_trace",
-    "REMOVALS",
-    "STATE_CHANGES",
-    "Action",
     "EventSource",
-    "EventsLost",
-    "HotplugEvent",
-    "KexecCall",
-    "KexecCallLog",
-    "Kind",
-    "MemoryRange",
-    "SourceItem",
 ]

@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from kdump_coalesce.errors import NeedsRootError, UnavailableError
+from ground.errors import NeedsRootError, UnavailableError
 
 from . import _sysfs
 from ._bpf_program import (
@@ -43,8 +43,8 @@ from ._bpf_program import (
     render,
 )
 from ._bpf_syscall import probe_fentry, probe_kprobe, probe_raw_tracepoint
-from ._event import Action, EventsLost, HotplugEvent, Kind, SourceItem
-from ._kexec_log import KexecCall, KexecCallLog
+from ground.events import Action, EventsLost, HotplugEvent, Kind, SourceItem
+from ground.kexec_log import KexecCall, KexecCallLog
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 MEMORY_UNAVAILABLE = "kprobes/fentry missing"

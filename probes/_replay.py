@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import trio
 
-from ._event import SourceItem
+from ground.events import SourceItem
 from ._scenario import build_scenario
-from .tracefile import TraceReader
+from ground.tracefile import TraceReader
 
 
 class ReplaySource:

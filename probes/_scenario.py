@@ -28,9 +28,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kdump_coalesce.errors import ScenarioError
+from ground.errors import ScenarioError
 
-from ._event import Action, HotplugEvent, Kind
+from ground.events import Action, HotplugEvent, Kind
 from ._units import format_size, parse_duration_ns, parse_size
 
 SOURCE = "scenario"

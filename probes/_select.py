@@ -20,16 +20,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from kdump_coalesce.errors import ConfigError, NeedsRootError, UnavailableError
+from ground.errors import ConfigError, NeedsRootError, UnavailableError
 
 from . import _sysfs
 from ._bpf import BpfSource, plan_program
-from ._event import Kind
-from ._kexec_log import KexecCallLog
+from ground.events import Kind
+from ground.kexec_log import KexecCallLog
 from ._replay import replay_scenario, replay_trace
 from ._source import EventSource
 from ._uevent import DEFAULT_RCVBUF, UeventSource
-from .tracefile import TraceReader
+from ground.tracefile import TraceReader
 
 SOURCE_SPECS = "auto|bpf|uevent|replay:FILE|scenario:NAME[:ARGS]"
 

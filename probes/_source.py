@@ -6,7 +6,7 @@ from typing import Protocol
 
 import trio
 
-from ._event import SourceItem
+from ground.events import SourceItem
 
 
 class EventSource(Protocol):

@@ -36,9 +36,9 @@ from typing import Protocol
 
 import trio
 
-from kdump_coalesce.errors import NeedsRootError, UnavailableError
+from ground.errors import NeedsRootError, UnavailableError
 
-from ._event import Action, EventsLost, HotplugEvent, Kind, SourceItem
+from ground.events import Action, EventsLost, HotplugEvent, Kind, SourceItem
 
 NETLINK_KOBJECT_UEVENT = 15
 UEVENT_GROUP_KERNEL = 1

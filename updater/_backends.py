@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 import trio
 
-from kdump_coalesce.errors import KdumpCoalesceError
+from ground.errors import KdumpCoalesceError
 
 from ._config import KexecSettings, UpdaterSettings
 from ._distro import KexecCommand, find_kexec_binary

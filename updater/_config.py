@@ -1,15 +1,15 @@
 """The updater's config sections: ``[updater]`` and ``[kexec]``.
 
 Every field is a TOML key; a field with a ``flag`` is also an option of
-``kdump-coalesce run`` (see :mod:`kdump_coalesce.config`).
+``kdump-coalesce run`` (see :mod:`ground.config`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdump_coalesce.config import option
-from kdump_coalesce.errors import ConfigError
+from ground.config import option
+from ground.errors import ConfigError
 
 from ._elfcorehdr import CPU_NOTE_CHOICES
 

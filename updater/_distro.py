@@ -31,7 +31,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kdump_coalesce.errors import ConfigError
+from ground.errors import ConfigError
 
 from ._config import KexecSettings
 from ._errors import BackendUnavailableError

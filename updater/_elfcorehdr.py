@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from probes import MemoryRange
+from ground.ranges import PhysRange
 
 from ._errors import HeaderTooLargeError, SnapshotError
 from ._snapshot import SystemSnapshot
@@ -113,8 +113,8 @@ class ProgramHeader:
         return _PHDR.pack(self.p_type, self.p_flags, self.p_offset, self.p_vaddr, self.p_paddr, self.p_filesz, self.p_memsz, self.p_align)
 
     @property
-    def phys(self) -> MemoryRange:
-        return MemoryRange(self.p_paddr, self.p_paddr + self.p_memsz)
+    def phys(self) -> PhysRange:
+        return PhysRange(self.p_paddr, self.p_paddr + self.p_memsz)
 
 
 def header_bytes_for(n_phdrs: int) -> int:
@@ -251,7 +251,7 @@ class ElfCoreHeader:
         return tuple(p for p in self.phdrs if p.p_type == PT_LOAD and p is not text)
 
     @property
-    def ram_ranges(self) -> tuple[MemoryRange, ...]:
+    def ram_ranges(self) -> tuple[PhysRange, ...]:
         return tuple(p.phys for p in self.ram_phdrs)
 
     @property
@@ -287,8 +287,8 @@ class ElfCoreHeader:
 class HeaderDiff:
     """What changed between two headers (or two snapshots' headers)."""
 
-    ranges_added: tuple[MemoryRange, ...]
-    ranges_removed: tuple[MemoryRange, ...]
+    ranges_added: tuple[PhysRange, ...]
+    ranges_removed: tuple[PhysRange, ...]
     cpus_added: tuple[int, ...]
     cpus_removed: tuple[int, ...]
     notes_moved: tuple[int, ...]

@@ -1,8 +1,8 @@
-"""The updater's typed errors (all :mod:`kdump_coalesce.errors` subclasses)."""
+"""The updater's typed errors (all :mod:`ground.errors` subclasses)."""
 
 from __future__ import annotations
 
-from kdump_coalesce.errors import KdumpCoalesceError, InputError, UnavailableError
+from ground.errors import KdumpCoalesceError, InputError, UnavailableError
 
 
 class SnapshotError(InputError):

@@ -43,8 +43,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdump_coalesce.errors import NeedsRootError
-from probes import MemoryRange
+from ground.errors import NeedsRootError
+from ground.ranges import PhysRange
 
 from ._errors import SnapshotError
 from ._parse import (
@@ -85,8 +85,8 @@ class RamRange:
         return self.name != "System RAM"
 
     @property
-    def range(self) -> MemoryRange:
-        return MemoryRange(self.start, self.end)
+    def range(self) -> PhysRange:
+        return PhysRange(self.start, self.end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +119,8 @@ class MissingInput:
 class SystemSnapshot:
     kernel_release: str
     ram: tuple[RamRange, ...]
-    crash_kernel: tuple[MemoryRange, ...]
-    kernel_code: MemoryRange | None
+    crash_kernel: tuple[PhysRange, ...]
+    kernel_code: PhysRange | None
     cpus_possible: tuple[int, ...]
     cpus_present: tuple[int, ...]
     cpus_online: tuple[int, ...]
@@ -141,7 +141,7 @@ class SystemSnapshot:
 
     # -- what the header covers ------------------------------------------------
 
-    def dump_ranges(self, *, cut_low_1m: bool = False, driver_managed: bool = True) -> tuple[MemoryRange, ...]:
+    def dump_ranges(self, *, cut_low_1m: bool = False, driver_managed: bool = True) -> tuple[PhysRange, ...]:
         """System RAM to dump, sorted, with the crash kernel region(s) cut out
         (kexec-tools ``exclude_region``), and optionally the low 1 MiB (the
         kernel's ``prepare_elf_headers`` does, since the low 1 MiB is always
@@ -149,8 +149,8 @@ class SystemSnapshot:
         as kexec-tools writes them."""
         cuts = list(self.crash_kernel)
         if cut_low_1m:
-            cuts.append(MemoryRange(0, LOW_1M))
-        out: list[MemoryRange] = []
+            cuts.append(PhysRange(0, LOW_1M))
+        out: list[PhysRange] = []
         covered_to = -1
         for r in sorted(self.ram, key=lambda r: (r.start, -r.end)):
             if r.driver_managed and not driver_managed:
@@ -176,7 +176,7 @@ class SystemSnapshot:
                     if cut.end < e:
                         next_pieces.append((cut.end, e))
                 pieces = next_pieces
-            out.extend(MemoryRange(s, e) for s, e in pieces)
+            out.extend(PhysRange(s, e) for s, e in pieces)
         return tuple(out)
 
     @property
@@ -193,7 +193,7 @@ class SystemSnapshot:
     # -- JSON ------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        def ranges(rs: tuple[MemoryRange, ...]) -> list[list[int]]:
+        def ranges(rs: tuple[PhysRange, ...]) -> list[list[int]]:
             return [[r.start, r.end] for r in rs]
 
         return {
@@ -232,8 +232,8 @@ class SystemSnapshot:
             return cls(
                 kernel_release=str(doc["kernel_release"]),
                 ram=tuple(RamRange(int(s), int(e), str(n)) for s, e, n in doc["ram"]),
-                crash_kernel=tuple(MemoryRange(int(s), int(e)) for s, e in doc["crash_kernel"]),
-                kernel_code=MemoryRange(int(kc[0]), int(kc[1])) if kc else None,
+                crash_kernel=tuple(PhysRange(int(s), int(e)) for s, e in doc["crash_kernel"]),
+                kernel_code=PhysRange(int(kc[0]), int(kc[1])) if kc else None,
                 cpus_possible=tuple(int(c) for c in doc["cpus_possible"]),
                 cpus_present=tuple(int(c) for c in doc["cpus_present"]),
                 cpus_online=tuple(int(c) for c in doc["cpus_online"]),
@@ -355,9 +355,9 @@ def read_snapshot(root: str = "/") -> SystemSnapshot:
     ram = tuple(RamRange(e.start, e.end + 1, e.name) for e in entries if e.is_system_ram)
     if not ram:
         raise SnapshotError(r.path("proc/iomem"), "no 'System RAM' line")
-    crash_kernel = tuple(MemoryRange(e.start, e.end + 1) for e in entries if e.name == "Crash kernel")
+    crash_kernel = tuple(PhysRange(e.start, e.end + 1) for e in entries if e.name == "Crash kernel")
     code = next((e for e in entries if e.name == "Kernel code"), None)
-    kernel_code = MemoryRange(code.start, code.end + 1) if code else None
+    kernel_code = PhysRange(code.start, code.end + 1) if code else None
     image_end = _kernel_image_end(entries)
 
     def cpus(name: str) -> tuple[int, ...] | None:

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from kdump_coalesce.errors import InputError, UnavailableError
+from ground.errors import InputError, UnavailableError
 
 from ._updater import STATUS_FORMAT
 

@@ -33,9 +33,10 @@ from typing import Any
 
 import trio
 
-from coalescer import Batch, Observer
-from kdump_coalesce.errors import ConfigError, KdumpCoalesceError
-from probes import KexecCall, KexecCallLog
+from ground.observer import Observer
+from ground.records import Batch
+from ground.errors import ConfigError, KdumpCoalesceError
+from ground.kexec_log import KexecCall, KexecCallLog
 
 from ._backends import (
     DryRunBackend,

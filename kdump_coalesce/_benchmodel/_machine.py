@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from probes import Action, HotplugEvent, Kind
+from ground.events import Action, HotplugEvent, Kind
 
 _EPS = 1e-9
 

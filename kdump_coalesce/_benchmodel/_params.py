@@ -31,7 +31,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..errors import ConfigError
+from ground.errors import ConfigError
 
 
 def _p(default: float, source: str) -> Any:

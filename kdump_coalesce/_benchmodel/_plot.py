@@ -4,7 +4,7 @@ when a plot is asked for (it is a dev extra, not a runtime dependency)."""
 
 from __future__ import annotations
 
-from ..errors import ConfigError, UnavailableError
+from ground.errors import ConfigError, UnavailableError
 from ._run import BenchResult
 
 # A window shorter than this would not show at the plot's scale: it is

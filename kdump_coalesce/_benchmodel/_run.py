@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import trio
 import trio.testing
 
-from probes import HotplugEvent, build_scenario
+from probes import build_scenario
+from ground.events import HotplugEvent
 
-from ..errors import ConfigError
+from ground.errors import ConfigError
 from ._machine import Timeline
 from ._params import ModelParams
 from ._strategies import STRATEGY_TYPES, KdumpCoalesce, Sim, Strategy

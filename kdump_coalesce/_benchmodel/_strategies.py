@@ -14,8 +14,9 @@ from typing import ClassVar
 
 import trio
 
-from coalescer import Batch, Policy, run_pipeline
-from probes import Action, HotplugEvent, Kind, SourceItem
+from coalescer import Policy, run_pipeline
+from ground.records import Batch
+from ground.events import Action, HotplugEvent, Kind, SourceItem
 
 from ._machine import Cpu, Machine, UdevQueue
 from ._params import ModelParams

@@ -18,7 +18,7 @@ panic whose capture must cover every hot-added DIMM.
 The qemu harness lives in ``tests/vm/`` (it is not part of the installed
 package): this command imports it from the checkout this package runs from
 (the repository root is put on ``sys.path``), and says so with
-:class:`~kdump_coalesce.errors.UnavailableError` when it runs from an install
+:class:`~ground.errors.UnavailableError` when it runs from an install
 without the checkout, or without root, qemu or the VM assets
 (``tools/vm-assets``).
 
@@ -52,7 +52,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..errors import EXIT_FAILURE, EXIT_OK, ConfigError, UnavailableError
+from ground.errors import EXIT_FAILURE, EXIT_OK, ConfigError, UnavailableError
 from ._metrics import StrategyFigures, figures
 
 __all__ = ["STRATEGIES", "StrategyRun", "render_table", "run_vm_bench", "vm_bench"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from coalescer import Policy
 
-from ..config import add_section_flags, check_sections, load_toml, section_from
+from ground.config import add_section_flags, check_sections, load_toml, section_from
 
 DEFAULT_CONFIG = "/etc/kdump-coalesce/config.toml"
 

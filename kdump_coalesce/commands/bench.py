@@ -7,7 +7,7 @@ import importlib
 import json
 import sys
 
-from ..errors import EXIT_OK, ConfigError, UnavailableError
+from ground.errors import EXIT_OK, ConfigError, UnavailableError
 
 NAME = "bench"
 ORDER = 60

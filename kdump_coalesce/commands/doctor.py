@@ -6,10 +6,11 @@ import argparse
 import json
 import sys
 
-from probes import Kind, ProgramSpec, render
+from probes import ProgramSpec, render
+from ground.events import Kind
 from probes._capabilities import all_checks, events_covered, run_can_work
 
-from ..errors import EXIT_OK, EXIT_UNAVAILABLE
+from ground.errors import EXIT_OK, EXIT_UNAVAILABLE
 
 NAME = "doctor"
 ORDER = 20

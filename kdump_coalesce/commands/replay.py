@@ -8,11 +8,12 @@ import sys
 
 import trio
 
-from coalescer import BatchRecorder, FanOut, Policy, TraceObserver, run_pipeline
+from coalescer import BatchRecorder, Policy, TraceObserver, run_pipeline
+from ground.observer import FanOut
 from probes import SCENARIOS, open_sources
-from probes.tracefile import TraceHeader, open_trace_for_writing
+from ground.tracefile import TraceHeader, open_trace_for_writing
 
-from ..errors import EXIT_OK, ConfigError
+from ground.errors import EXIT_OK, ConfigError
 from ._common import add_config_flag, add_policy_flags, policy_from, read_config
 
 NAME = "replay"

@@ -9,15 +9,17 @@ from typing import Any
 import trio
 
 import updater
-from coalescer import FanOut, TraceObserver
-from probes import KexecCallLog, open_sources
-from probes.tracefile import TraceHeader, open_trace_for_writing
+from coalescer import TraceObserver
+from ground.observer import FanOut
+from probes import open_sources
+from ground.kexec_log import KexecCallLog
+from ground.tracefile import TraceHeader, open_trace_for_writing
 
 from .. import ops
 from .._log import LogObserver
-from ..config import add_section_flags, section_from
+from ground.config import add_section_flags, section_from
 from ..daemon import Daemon, DaemonSettings, Updater, settings_sections
-from ..errors import EXIT_OK, ConfigError
+from ground.errors import EXIT_OK, ConfigError
 from ._common import add_config_flag, read_config
 
 NAME = "run"

@@ -8,7 +8,7 @@ import os
 import sys
 
 from .._install import MANIFEST, UNIT_DIR, UNIT_NAME, Host, InstallOptions, default_exec_start, install, render_unit, uninstall
-from ..errors import EXIT_OK, ConfigError, InputError
+from ground.errors import EXIT_OK, ConfigError, InputError
 from ._common import DEFAULT_CONFIG, add_config_flag
 
 NAME = "install-service"
@@ -140,7 +140,7 @@ def _textfile(args: argparse.Namespace, host: Host) -> str | None:
     """The metrics textfile the service wrote: [metrics] textfile of the
     config in effect (under --root), else the default."""
     from .._metrics import MetricsSettings
-    from ..config import load_toml, section_from
+    from ground.config import load_toml, section_from
 
     path = args.config or host.path(DEFAULT_CONFIG.lstrip("/"))
     document = load_toml(path) if (args.config or os.path.exists(path)) else {}

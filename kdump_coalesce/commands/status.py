@@ -9,7 +9,7 @@ import os
 from updater import UpdaterSettings, read_status
 from updater._status import format_status, status_exit
 
-from ..config import load_toml, section_from
+from ground.config import load_toml, section_from
 from ._common import DEFAULT_CONFIG, add_config_flag
 
 NAME = "status"

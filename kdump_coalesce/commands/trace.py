@@ -21,12 +21,16 @@ from typing import IO, Any
 
 import trio
 
-from coalescer import Batch, BatchRecorder, CoalescerStage, FanOut, Policy, TraceObserver, run_pipeline
-from probes import SOURCE_SPECS, EventsLost, HotplugEvent, KexecCall, KexecCallLog, Kind, SourceItem, open_sources
+from coalescer import BatchRecorder, CoalescerStage, Policy, TraceObserver, run_pipeline
+from ground.observer import FanOut
+from ground.records import Batch
+from probes import SOURCE_SPECS, open_sources
+from ground.kexec_log import KexecCall, KexecCallLog
+from ground.events import EventsLost, HotplugEvent, Kind, SourceItem
 from probes import _sysfs
-from probes.tracefile import TraceHeader, TraceWriter, open_trace_for_writing
+from ground.tracefile import TraceHeader, TraceWriter, open_trace_for_writing
 
-from ..errors import EXIT_OK, ConfigError
+from ground.errors import EXIT_OK, ConfigError
 from ._common import add_config_flag, add_policy_flags, policy_from, read_config
 
 NAME = "trace"

@@ -20,19 +20,9 @@ import pytest
 import trio
 
 from coalescer import BatchRecorder, Policy, run_pipeline
-from probes import (
-    Action,
-    BpfSource,
-    EventsLost,
-    HotplugEvent,
-    KexecCallLog,
-    Kind,
-    MemoryProbe,
-    SourceItem,
-    UeventSource,
-    open_sources,
-    plan_program,
-)
+from probes import BpfSource, MemoryProbe, UeventSource, open_sources, plan_program
+from ground.kexec_log import KexecCallLog
+from ground.events import Action, EventsLost, HotplugEvent, Kind, SourceItem
 from probes import _sysfs
 from probes._bpf_syscall import probe_fentry, probe_kprobe
 

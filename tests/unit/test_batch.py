@@ -7,8 +7,11 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coalescer import Batch, BatchBuilder, Policy, coalesce
-from probes import Action, EventsLost, HotplugEvent, Kind, MemoryRange, build_scenario
+from coalescer import BatchBuilder, Policy, coalesce
+from ground.records import Batch
+from probes import build_scenario
+from ground.events import Action, EventsLost, HotplugEvent, Kind
+from ground.ranges import PhysRange
 
 BLOCK = 128 << 20
 BLOCKS = 6
@@ -41,7 +44,7 @@ def apply_event(state: State, ev: HotplugEvent) -> None:
     }[ev.action]()
 
 
-def blocks(ranges: tuple[MemoryRange, ...]) -> set[int]:
+def blocks(ranges: tuple[PhysRange, ...]) -> set[int]:
     return {b for r in ranges for b in range(r.start // BLOCK, r.end // BLOCK)}
 
 
@@ -166,4 +169,4 @@ def test_resize_480x1g_merges_into_one_range() -> None:
     builder.fold_all(build_scenario("resize:32G:512G:dimm=1G").events)
     batch = builder.build("eof")
     assert batch.events == 3840
-    assert batch.online == (MemoryRange(33 << 30, (33 + 480) << 30),)
+    assert batch.online == (PhysRange(33 << 30, (33 + 480) << 30),)

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from kdump_coalesce.cli import main
-from kdump_coalesce.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
+from ground.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
 
 METRICS = {"reloads", "settle_s", "exposure_s", "max_window_s", "stale_s", "cpu_s"}
 STRATEGIES = {"udev-serial", "udev-throttle", "load-once", "kernel", "kdump-coalesce"}

@@ -14,8 +14,9 @@ import trio.testing
 from kdump_coalesce._benchmodel import ModelParams, run_bench, run_strategy
 from kdump_coalesce._benchmodel._machine import Cpu, Machine
 from kdump_coalesce._benchmodel._strategies import LoadOnce
-from kdump_coalesce.errors import ConfigError
-from probes import Action, HotplugEvent, Kind, build_scenario
+from ground.errors import ConfigError
+from probes import build_scenario
+from ground.events import Action, HotplugEvent, Kind
 
 PARAMS = ModelParams()
 # 4 GiB as one DIMM: 32 blocks, add + online each, 10 ms apart.

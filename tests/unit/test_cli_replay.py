@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from kdump_coalesce.cli import main
-from kdump_coalesce.errors import EXIT_BAD_INPUT
+from ground.errors import EXIT_BAD_INPUT
 from probes import build_scenario
-from probes.tracefile import TraceHeader, open_trace_for_writing
+from ground.tracefile import TraceHeader, open_trace_for_writing
 
 GIB = 1 << 30
 

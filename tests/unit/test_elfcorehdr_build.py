@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from probes import MemoryRange
+from ground.ranges import PhysRange
 from updater import (
     CpuNote,
     ElfCoreHeader,
@@ -99,7 +99,7 @@ def test_loader_defaults() -> None:
     assert HeaderOptions.for_loader("kexec_file_load") == HeaderOptions(cpu_notes="possible", cut_low_1m=True)
     snap = host()
     kernel_like = ElfCoreHeader.build(snap, HeaderOptions.for_loader("kexec_file_load"))
-    assert kernel_like.ram_ranges[0] == MemoryRange(0x100000, 0xC0000000)
+    assert kernel_like.ram_ranges[0] == PhysRange(0x100000, 0xC0000000)
 
 
 def test_backup_region_offset() -> None:
@@ -112,8 +112,8 @@ def test_backup_region_offset() -> None:
 def test_driver_managed_ranges() -> None:
     snap = host()
     snap = dataclasses.replace(snap, ram=snap.ram + (RamRange(0x640000000, 0x680000000, "System RAM (virtio_mem)"),))
-    assert MemoryRange(0x640000000, 0x680000000) in ElfCoreHeader.build(snap).ram_ranges
-    assert MemoryRange(0x640000000, 0x680000000) not in ElfCoreHeader.build(snap, HeaderOptions(driver_managed=False)).ram_ranges
+    assert PhysRange(0x640000000, 0x680000000) in ElfCoreHeader.build(snap).ram_ranges
+    assert PhysRange(0x640000000, 0x680000000) not in ElfCoreHeader.build(snap, HeaderOptions(driver_managed=False)).ram_ranges
 
 
 def test_size_refusal_and_headroom() -> None:
@@ -135,7 +135,7 @@ def test_diff_memory_hot_add_and_cpu_offline() -> None:
     before = host()
     after = dataclasses.replace(before, ram=before.ram + (RamRange(0x640000000, 0x680000000),))
     diff = diff_snapshots(before, after)
-    assert diff.ranges_added == (MemoryRange(0x640000000, 0x680000000),) and not diff.ranges_removed
+    assert diff.ranges_added == (PhysRange(0x640000000, 0x680000000),) and not diff.ranges_removed
     assert "+1 range(s) 1 GiB" in diff.describe() and not diff.empty
     assert diff_snapshots(after, before).ranges_removed == diff.ranges_added
     # cpu1 offline (captured): present notes do not change, online notes do.

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 
-from kdump_coalesce.errors import ConfigError
+from ground.errors import ConfigError
 from updater import (
     DryRunBackend,
     ElfCoreHeader,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kdump_coalesce.errors import InputError
+from ground.errors import InputError
 from updater.fastpath import BzImageError, load_bzimage, parse_bzimage
 from tests.fixtures.fastpath import real_bzimage, synth
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kdump_coalesce.errors import InputError
+from ground.errors import InputError
 from updater.fastpath import (
     CONTROL_PAGES,
     KEXEC_CRASH_FLAGS,

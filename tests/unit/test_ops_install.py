@@ -16,7 +16,7 @@ import pytest
 from kdump_coalesce._distro_rules import active_distro_rules, is_our_mask, rule_state
 from kdump_coalesce._install import MANIFEST, Host, InstallError, InstallOptions, install, uninstall
 from kdump_coalesce.cli import main
-from kdump_coalesce.errors import EXIT_BAD_INPUT, EXIT_OK
+from ground.errors import EXIT_BAD_INPUT, EXIT_OK
 
 # /lib/udev/rules.d/50-kdump-tools.rules from Debian bookworm's kdump-tools 1:1.8.1
 DEBIAN_RULE = """\

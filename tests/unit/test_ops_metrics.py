@@ -16,7 +16,9 @@ import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from coalescer import Batch, BatchBuilder, FanOut, Policy
+from coalescer import BatchBuilder, Policy
+from ground.observer import FanOut
+from ground.records import Batch
 from kdump_coalesce._log import LogObserver
 from kdump_coalesce._metrics import (
     MetricsObserver,
@@ -28,9 +30,10 @@ from kdump_coalesce._metrics import (
 )
 from tests.fixtures.doubles import NullUpdater
 from kdump_coalesce.daemon import Daemon
-from kdump_coalesce.errors import ConfigError
+from ground.errors import ConfigError
 from kdump_coalesce.ops import ServiceSettings, attach
-from probes import Action, EventsLost, HotplugEvent, Kind, open_sources
+from probes import open_sources
+from ground.events import Action, EventsLost, HotplugEvent, Kind
 
 MIB = 1 << 20
 

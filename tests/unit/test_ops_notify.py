@@ -11,13 +11,15 @@ import pytest
 import trio
 import trio.testing
 
-from coalescer import BatchBuilder, FanOut, Policy
+from coalescer import BatchBuilder, Policy
+from ground.observer import FanOut
 from kdump_coalesce._log import LogObserver
 from kdump_coalesce._notify import Notifier, NotifyObserver, notify_address, watchdog_interval, watchdog_task
 from tests.fixtures.doubles import NullUpdater
 from kdump_coalesce.daemon import Daemon
 from kdump_coalesce.ops import attach
-from probes import Action, HotplugEvent, Kind, open_sources
+from probes import open_sources
+from ground.events import Action, HotplugEvent, Kind
 
 
 class Receiver:

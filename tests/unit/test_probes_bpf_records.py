@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from probes import Action, KexecCall, Kind, MemoryProbe, ProgramSpec, RecordError, decode_record, render
+from probes import MemoryProbe, ProgramSpec, RecordError, decode_record, render
+from ground.kexec_log import KexecCall
+from ground.events import Action, Kind
 from probes._bpf_program import RECORD, RECORD_FIELDS, RecordType
 
 MIB = 1 << 20

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kdump_coalesce.cli import main
-from kdump_coalesce.errors import EXIT_BAD_INPUT, NeedsRootError
+from ground.errors import EXIT_BAD_INPUT, NeedsRootError
 from probes import open_sources
 from probes._btf import Btf, BtfError
 from probes._capabilities import Capability, check_kexec_binary, check_udev_rules, events_covered, run_can_work

@@ -11,7 +11,8 @@ import pytest
 import trio
 
 from coalescer import BatchRecorder, Policy, run_pipeline
-from probes import Action, EventsLost, HotplugEvent, Kind, SourceItem, UeventError, UeventSource, parse_uevent, uevent_to_event
+from probes import UeventError, UeventSource, parse_uevent, uevent_to_event
+from ground.events import Action, EventsLost, HotplugEvent, Kind, SourceItem
 from probes._bpf_program import RECORD, RecordType
 from probes import decode_record
 

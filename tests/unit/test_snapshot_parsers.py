@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kdump_coalesce.errors import InputError, NeedsRootError
-from probes import MemoryRange
+from ground.errors import InputError, NeedsRootError
+from ground.ranges import PhysRange
 from updater import SnapshotError, SystemSnapshot, read_snapshot
 from updater._parse import (
     KcoreLoad,
@@ -146,14 +146,14 @@ def test_live_host_snapshot_says_what_is_missing() -> None:
     missing = dict((m.path, m.consequence) for m in snap.missing)
     assert set(missing) == {"/sys/devices/system/cpu/cpuN/crash_notes", "/proc/kcore", "/sys/kernel/kexec_crash_loaded"}
     assert "CPU notes omitted" in missing["/sys/devices/system/cpu/cpuN/crash_notes"]
-    assert snap.dump_ranges() == (MemoryRange(0x1000, 0xA0000 - 0x400), MemoryRange(0x100000, 0xC0000000), MemoryRange(0x100000000, 0x640000000))
+    assert snap.dump_ranges() == (PhysRange(0x1000, 0xA0000 - 0x400), PhysRange(0x100000, 0xC0000000), PhysRange(0x100000000, 0x640000000))
 
 
 def test_dump_ranges_cut_crash_kernel_and_low_1m() -> None:
-    snap = dataclasses.replace(read_snapshot(str(LIVE)), crash_kernel=(MemoryRange(0xA0000000, 0xB0000000),))
-    assert snap.dump_ranges()[1:3] == (MemoryRange(0x100000, 0xA0000000), MemoryRange(0xB0000000, 0xC0000000))
+    snap = dataclasses.replace(read_snapshot(str(LIVE)), crash_kernel=(PhysRange(0xA0000000, 0xB0000000),))
+    assert snap.dump_ranges()[1:3] == (PhysRange(0x100000, 0xA0000000), PhysRange(0xB0000000, 0xC0000000))
     cut = snap.dump_ranges(cut_low_1m=True)
-    assert cut[0] == MemoryRange(0x100000, 0xA0000000)
+    assert cut[0] == PhysRange(0x100000, 0xA0000000)
     assert all(r.start >= 1 << 20 for r in cut)
 
 
@@ -169,10 +169,10 @@ def test_ram_handed_back_by_a_crash_region_shrink_is_listed_once() -> None:
     snap = dataclasses.replace(
         base,
         ram=(RamRange(0x1000, 0x9FC00), RamRange(0x100000, 0x3FFE0000), RamRange(0x25000000, 0x2D000000)),
-        crash_kernel=(MemoryRange(0x1D000000, 0x25000000),),
+        crash_kernel=(PhysRange(0x1D000000, 0x25000000),),
     )
     ranges = snap.dump_ranges()
-    assert ranges == (MemoryRange(0x1000, 0x9FC00), MemoryRange(0x100000, 0x1D000000), MemoryRange(0x25000000, 0x3FFE0000))
+    assert ranges == (PhysRange(0x1000, 0x9FC00), PhysRange(0x100000, 0x1D000000), PhysRange(0x25000000, 0x3FFE0000))
     assert all(a.end <= b.start for a, b in zip(ranges, ranges[1:]))  # no overlapping PT_LOADs
 
 

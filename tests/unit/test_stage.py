@@ -9,8 +9,10 @@ import pytest
 import trio
 import trio.testing
 
-from coalescer import Batch, BatchRecorder, CoalescerStage, Policy, run_pipeline
-from probes import Action, EventsLost, HotplugEvent, Kind, ReplaySource, SourceItem, build_scenario
+from coalescer import BatchRecorder, CoalescerStage, Policy, run_pipeline
+from ground.records import Batch
+from probes import ReplaySource, build_scenario
+from ground.events import Action, EventsLost, HotplugEvent, Kind, SourceItem
 
 BLOCK = 128 << 20
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from kdump_coalesce.errors import TraceFormatError
-from probes import Action, EventsLost, HotplugEvent, Kind
-from probes.tracefile import TraceHeader, TraceReader, open_trace_for_writing
+from ground.errors import TraceFormatError
+from ground.events import Action, EventsLost, HotplugEvent, Kind
+from ground.tracefile import TraceHeader, TraceReader, open_trace_for_writing
 
 HEADER = TraceHeader(host="h", kernel="6.1.0", block_size=128 << 20, created=0.0)
 

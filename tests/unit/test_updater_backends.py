@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 import trio
 
-from coalescer import Batch
+from ground.records import Batch
 from kdump_coalesce.cli import main as cli_main
-from kdump_coalesce.errors import ConfigError
-from probes import KexecCall, KexecCallLog, SourceItem
+from ground.errors import ConfigError
+from ground.kexec_log import KexecCall, KexecCallLog
+from ground.events import SourceItem
 from updater import (
     SECTIONS,
     BackendUnavailableError,
@@ -231,13 +232,13 @@ async def test_kexec_backend_reload_retry_and_skip(tmp_path: Path) -> None:
     await updater.consume(batch(1, online=()))  # net-empty: no snapshot, no reload
     assert recorder.reloads()[-1]["result"] == "skipped" and "net-empty" in recorder.reloads()[-1]["reason"]
 
-    from probes import MemoryRange
-    await updater.consume(batch(2, online=(MemoryRange(0x640000000, 0x680000000),)))
+    from ground.ranges import PhysRange
+    await updater.consume(batch(2, online=(PhysRange(0x640000000, 0x680000000),)))
     rec = recorder.reloads()[-1]
     assert rec["result"] == "ok" and rec["ranges"] == 4 and "+1 range(s) 1 GiB" in rec["diff"]
     assert len(log.read_text().splitlines()) == 3
 
-    await updater.consume(batch(3, online=(MemoryRange(0x640000000, 0x680000000),)))
+    await updater.consume(batch(3, online=(PhysRange(0x640000000, 0x680000000),)))
     rec = recorder.reloads()[-1]
     assert rec["result"] == "skipped" and rec["reason"].startswith("header unchanged")
     assert len(log.read_text().splitlines()) == 3  # no reload for an unchanged header

@@ -55,7 +55,7 @@ from typing import Any
 
 import trio
 
-from kdump_coalesce.errors import ConfigError, KdumpCoalesceError
+from ground.errors import ConfigError, KdumpCoalesceError
 
 from .._backends import LoadOutcome, LoadRequest
 from .._config import KexecSettings, UpdaterSettings

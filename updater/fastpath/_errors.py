@@ -1,9 +1,9 @@
 """Typed errors of the fast path.
 
-They derive from :mod:`kdump_coalesce.errors` so that the CLI reports them as
+They derive from :mod:`ground.errors` so that the CLI reports them as
 one line with the right exit status.  Bad inputs (a kexec binary without a
 purgatory, a file that is not a bzImage, a crash region too small for the
-image) are :class:`~kdump_coalesce.errors.InputError`: nothing was loaded.  A
+image) are :class:`~ground.errors.InputError`: nothing was loaded.  A
 verification failure or a failed syscall is a runtime failure: the caller falls
 back to the ``kexec`` backend and reports it.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 
-from kdump_coalesce.errors import EXIT_FAILURE, InputError, KdumpCoalesceError
+from ground.errors import EXIT_FAILURE, InputError, KdumpCoalesceError
 
 
 class PurgatoryError(InputError):

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from kdump_coalesce.errors import InputError
+from ground.errors import InputError
 
 from ._bootparams import (
     acpi_rsdp_from_boot_params,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from probes import SourceItem
+from .events import SourceItem
 
-from ._batch import Batch
+from .records import Batch
 
 
 class Observer(Protocol):

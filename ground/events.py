@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from .ranges import PhysRange
+
 
 class Kind(enum.StrEnum):
     MEMORY = "memory"
@@ -37,25 +39,6 @@ STATE_CHANGES = frozenset({Action.ADD, Action.ONLINE, Action.OFFLINE, Action.REM
 # A batch that contains one of these is urgent: a header that still lists
 # memory or CPUs that are gone is worse than one that lacks new ones.
 REMOVALS = frozenset({Action.OFFLINE, Action.REMOVE, Action.GOING_OFFLINE})
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class MemoryRange:
-    """A half-open physical address range ``[start, end)`` in bytes."""
-
-    start: int
-    end: int
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.start < self.end:
-            raise ValueError(f"invalid memory range [{self.start:#x}, {self.end:#x})")
-
-    @property
-    def size(self) -> int:
-        return self.end - self.start
-
-    def __str__(self) -> str:
-        return f"{self.start:#x}-{self.end - 1:#x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +70,8 @@ class HotplugEvent:
             raise ValueError(f"cpu event needs cpu >= 0, got {self.cpu}")
 
     @property
-    def memory_range(self) -> MemoryRange:
-        return MemoryRange(self.start, self.start + self.size)
+    def memory_range(self) -> PhysRange:
+        return PhysRange(self.start, self.start + self.size)
 
     @property
     def failed(self) -> bool:

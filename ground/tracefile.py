@@ -29,9 +29,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from kdump_coalesce.errors import TraceFormatError
+from ground.errors import TraceFormatError
 
-from ._event import Action, EventsLost, HotplugEvent, Kind, SourceItem
+from .events import Action, EventsLost, HotplugEvent, Kind, SourceItem
 
 FORMAT_NAME = "kdump-coalesce-trace"
 FORMAT_VERSION = 1
