@@ -2,7 +2,7 @@
 """Fit the model's three calibrated parameters to the RFC's published figures.
 
 Each calibrated parameter is fitted to ONE published figure (the rest of
-the parameters are measured or assumed, see kdump_coalesce/_benchmodel/_params.py):
+the parameters are measured or assumed, see bench/model/_params.py):
 
   spawn_s         udev-throttle on resize-1x480g  -> RHEL8 1 x 480 GiB = 86 s
   kexec_load_s    udev-serial   on resize-1x480g  -> RHEL7 1 x 480 GiB = 181 s
@@ -24,8 +24,12 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from kdump_coalesce._benchmodel import ModelParams, run_strategy, scenario_events
+# Run as a script, bench/ is on sys.path, not the checkout that holds the bench package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.model import ModelParams, run_strategy, scenario_events  # noqa: E402
 
 
 def total(strategy: str, scenario: str, params: ModelParams) -> float:

@@ -30,13 +30,14 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from updater import fastpath  # noqa: E402
 
 
-def _synth():  # type: ignore[no-untyped-def]
+def _synth() -> ModuleType:
     path = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "fastpath" / "synth.py"
     spec = importlib.util.spec_from_file_location("fastpath_synth", path)
     assert spec is not None and spec.loader is not None

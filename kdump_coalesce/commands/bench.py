@@ -6,18 +6,26 @@ import argparse
 import importlib
 import json
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
 
 from ground.errors import EXIT_OK, ConfigError, UnavailableError
 
 NAME = "bench"
 ORDER = 60
 
-# The real bench in a qemu guest lives in this module once it exists
-# (issue 7, part 2); it must define run_vm_bench(args) -> int.
-VM_BENCH_MODULE = "kdump_coalesce._benchvm"
+# Neither the strategy model nor the VM bench ships with the daemon: both are
+# the checkout's top-level ``bench`` package (bench/model, and bench/vm with
+# the VM tier's qemu harness, testbed/).  When this package runs from a
+# checkout (the editable install ./bootstrap makes), that is the directory
+# above it; from an installed wheel there is no bench there, and the command
+# says so.
+CHECKOUT = Path(__file__).resolve().parents[2]
+VM_SCENARIO = "vm-resize"  # the one scenario bench/vm runs (the model lists it among its names)
 
 EPILOG = """\
-scenarios (model, virtual clock, seconds to run):
+scenarios (model, virtual clock, seconds to run; all from a checkout, as bench/ is not installed):
   resize-1x480g   32 GiB -> 512 GiB as one 480 GiB DIMM (3840 blocks), the RFC's first case
   resize-480x1g   32 GiB -> 512 GiB as 480 x 1 GiB DIMMs, the RFC's second case
   shrink          96 GiB -> 32 GiB, 512 blocks offlined and removed
@@ -92,35 +100,37 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    from .._benchmodel import VM_SCENARIO, ModelParams, run_bench
-    from .._benchmodel._report import render
+def _from_checkout(scenario: str, module: str, what: str, needs: Sequence[str]) -> ModuleType:
+    """Import ``module`` from the checkout this package runs from, or say in one line that there is none."""
+    missing = [path for path in needs if not (CHECKOUT / path).is_file()]
+    if missing:
+        raise UnavailableError(
+            f"bench {scenario}",
+            f"{what} ({', '.join(missing)}) not found next to this package ({CHECKOUT})",
+            f"run it from a checkout: cd REPO && .venv/bin/kdump-coalesce bench {scenario}",
+        )
+    if str(CHECKOUT) not in sys.path:
+        sys.path.insert(0, str(CHECKOUT))
+    return importlib.import_module(module)
 
+
+def run(args: argparse.Namespace) -> int:
     if args.scenario == VM_SCENARIO:
-        try:
-            vm = importlib.import_module(VM_BENCH_MODULE)
-        except ModuleNotFoundError as exc:
-            if exc.name != VM_BENCH_MODULE:
-                raise
-            raise UnavailableError(
-                "bench vm-resize",
-                "the real VM bench is not available yet",
-                "it needs the qemu harness of tests/vm/ and the kexec backend; the model scenarios run now: "
-                "kdump-coalesce bench resize-480x1g",
-            ) from None
-        status: int = vm.run_vm_bench(args)
+        vm = _from_checkout(
+            args.scenario, "bench.vm", "the VM bench and the VM harness", ("bench/vm/__init__.py", "testbed/harness.py")
+        )
+        status: int = vm.run_vm_bench(args)  # bench/vm: run_vm_bench(args) -> int
         return status
 
-    params = ModelParams().with_overrides(_overrides(args.set))
-    result = run_bench(args.scenario, params, args.strategy)
+    model = _from_checkout(args.scenario, "bench.model", "the bench model", ("bench/model/__init__.py",))
+    params = model.ModelParams().with_overrides(_overrides(args.set))
+    result = model.run_bench(args.scenario, params, args.strategy)
     if args.plot:
-        from .._benchmodel._plot import plot
-
-        plot(result, args.plot)
+        model.plot(result, args.plot)
     if args.json:
         print(json.dumps(result.to_json()))
     else:
-        print(render(result))
+        print(model.render(result))
         if args.plot:
             print(f"\ntimeline written to {args.plot}")
     sys.stdout.flush()

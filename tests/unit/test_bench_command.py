@@ -65,9 +65,9 @@ def test_vm_resize_outside_a_checkout_is_one_line_exit_3(
 ) -> None:
     # The real VM bench runs in the vm tier (tests/vm/test_bench_vm.py); here,
     # only its refusal when the harness is not beside the package (an install).
-    import kdump_coalesce._benchvm as benchvm
+    import kdump_coalesce.commands.bench as bench_command
 
-    monkeypatch.setattr(benchvm, "REPO", tmp_path)
+    monkeypatch.setattr(bench_command, "CHECKOUT", tmp_path)
     assert main(["bench", "vm-resize"]) == EXIT_UNAVAILABLE
     err = capsys.readouterr().err
     assert "VM harness" in err and str(tmp_path) in err and len(err.strip().splitlines()) == 1

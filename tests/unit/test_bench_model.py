@@ -11,9 +11,9 @@ import pytest
 import trio
 import trio.testing
 
-from kdump_coalesce._benchmodel import ModelParams, run_bench, run_strategy
-from kdump_coalesce._benchmodel._machine import Cpu, Machine
-from kdump_coalesce._benchmodel._strategies import LoadOnce
+from bench.model import ModelParams, run_bench, run_strategy
+from bench.model._machine import Cpu, Machine
+from bench.model._strategies import LoadOnce
 from ground.errors import ConfigError
 from probes import build_scenario
 from ground.events import Action, HotplugEvent, Kind

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .harness import Guest, GuestConfig, VmAssets, vm_unavailable_reason
+from testbed.harness import Guest, GuestConfig, VmAssets, vm_unavailable_reason
 
 BootGuest = Callable[..., Guest]
 

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .harness import GIB, Guest, GuestConfig, VmAssets, uevent_fields
+from testbed.harness import GIB, Guest, GuestConfig, VmAssets, uevent_fields
 
 KCORE_HEAD = 4096
 

@@ -23,10 +23,9 @@ import time
 
 import pytest
 
-from kdump_coalesce._benchvm import render_table
-from kdump_coalesce._benchvm._metrics import figures, parse_kexec_calls
-
-from .harness import REPO, VENV, VmAssets
+from bench.vm import render_table
+from bench.vm._metrics import figures, parse_kexec_calls
+from testbed.harness import REPO, VENV, VmAssets
 
 DIMMS = int(os.environ.get("KDC_BENCH_VM_DIMMS", "8"))
 BLOCKS_PER_GIB = 8  # 128 MiB memory blocks on x86_64 guests of this size

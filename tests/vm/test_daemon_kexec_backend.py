@@ -12,8 +12,8 @@ import time
 import pytest
 
 from .conftest import BootGuest
-from .daemon import kexec_daemon_args, report
-from .harness import GIB, GUEST_XFER, VENV, KexecMode, parse_trace
+from testbed.daemon import kexec_daemon_args, report
+from testbed.harness import GIB, GUEST_XFER, VENV, KexecMode, parse_trace
 
 pytestmark = pytest.mark.vm
 

@@ -47,8 +47,8 @@ from elftools.elf.elffile import ELFFile
 from updater.fastpath import load_purgatory
 
 from .conftest import BootGuest
-from .harness import CAPTURE_APPEND, GIB, GUEST_XFER, VENV, GuestDaemon, TraceLog, VmAssets, crash_kernel, merge_ranges, parse_trace
-from .vmcore import VmcoreHeader
+from testbed.harness import CAPTURE_APPEND, GIB, GUEST_XFER, VENV, GuestDaemon, TraceLog, VmAssets, crash_kernel, merge_ranges, parse_trace
+from testbed.vmcore import VmcoreHeader
 
 pytestmark = pytest.mark.vm
 

@@ -17,7 +17,7 @@ import os
 import pytest
 
 from .conftest import BootGuest
-from .harness import CAPTURE_APPEND, GIB, GUEST_XFER, REPO, VENV
+from testbed.harness import CAPTURE_APPEND, GIB, GUEST_XFER, REPO, VENV
 
 pytestmark = pytest.mark.vm
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from .fixtures_capture import capture_fixtures
-from .harness import GIB, VmAssets, iomem_entries, system_ram, uevent_fields
-from .vmcore import parse_vmcore_header
+from testbed.harness import GIB, VmAssets, iomem_entries, system_ram, uevent_fields
+from testbed.vmcore import parse_vmcore_header
 
 pytestmark = pytest.mark.vm
 

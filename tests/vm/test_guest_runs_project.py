@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from .conftest import BootGuest
-from .harness import GUEST_XFER, VENV
+from testbed.harness import GUEST_XFER, VENV
 
 pytestmark = pytest.mark.vm
 

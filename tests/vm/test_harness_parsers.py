@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from .harness import crash_kernel, merge_ranges, parse_cpu_list, parse_trace, subtract_range, system_ram, uevent_fields
-from .vmcore import NT_PRSTATUS, VmcoreParseError, parse_capture_console, parse_vmcore_header
+from testbed.harness import crash_kernel, merge_ranges, parse_cpu_list, parse_trace, subtract_range, system_ram, uevent_fields
+from testbed.vmcore import NT_PRSTATUS, VmcoreParseError, parse_capture_console, parse_vmcore_header
 
 
 def _pad(b: bytes) -> bytes:

@@ -23,7 +23,7 @@ import struct
 import pytest
 
 from .conftest import BootGuest
-from .harness import GIB, GUEST_XFER, VENV, KexecMode
+from testbed.harness import GIB, GUEST_XFER, VENV, KexecMode
 
 pytestmark = pytest.mark.vm
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from .conftest import BootGuest
-from .harness import GIB, KexecMode, crash_kernel, merge_ranges, subtract_range, system_ram
+from testbed.harness import GIB, KexecMode, crash_kernel, merge_ranges, subtract_range, system_ram
 
 pytestmark = pytest.mark.vm
 

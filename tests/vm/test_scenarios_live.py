@@ -20,8 +20,8 @@ import time
 import pytest
 
 from .conftest import BootGuest
-from .daemon import kexec_daemon_args, report
-from .harness import GIB, Guest, GuestConfig, GuestDaemon, KexecMode, TraceLog
+from testbed.daemon import kexec_daemon_args, report
+from testbed.harness import GIB, Guest, GuestConfig, GuestDaemon, KexecMode, TraceLog
 
 pytestmark = pytest.mark.vm
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import GUEST_APPEND, VENV, Guest, GuestConfig, VmAssets
+from testbed.harness import GUEST_APPEND, VENV, Guest, GuestConfig, VmAssets
 
 pytestmark = pytest.mark.vm
 

@@ -25,7 +25,7 @@ stdlib only: no venv start-up cost, no BCC compile):
   the crash kernel is loaded, and neither a uevent, a handler exit nor a
   kexec_load syscall happened for ``--idle`` seconds (or at ``--timeout``).
   Writes DIR/result.json: the uevents, the raw trace lines, the CPU figures;
-  the host (kdump_coalesce/_benchvm) computes the metrics from them.
+  the host (bench/vm) computes the metrics from them.
 """
 
 from __future__ import annotations

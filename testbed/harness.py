@@ -15,7 +15,7 @@ Read docs/vm-testbed.md for the design.  In short:
   host's own root filesystem (virtio-9p ``kdc.root``, read-only), which is how
   the guest runs the project's venv and BCC.
 - The serial console (ttyS0) goes to a file: boot log, panic, and the capture
-  kernel's dump of /proc/vmcore's headers (parsed by :mod:`tests.vm.vmcore`).
+  kernel's dump of /proc/vmcore's headers (parsed by :mod:`testbed.vmcore`).
 - QMP (own small client, :class:`QmpClient`) hot-plugs DIMMs and CPUs.
 
 Every wait has a timeout; every failure raises :class:`VmError` (or a
@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from .vmcore import VmcoreHeader, VmcoreParseError, parse_capture_console, vmcore_bytes_from_console
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv"
 DEFAULT_CACHE = Path("/var/cache/kdump-coalesce/vm")
 QEMU = "qemu-system-x86_64"

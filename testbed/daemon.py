@@ -22,16 +22,17 @@ def kexec_daemon_args(
     *,
     load_path: KexecMode = "kexec_load",
     source: str = "auto",
+    backend: str = "kexec",
     extra: Sequence[str] = (),
 ) -> list[str]:
-    """``kdump-coalesce run`` arguments for the guest: the kexec backend with the VM tier's capture kernel.
+    """``kdump-coalesce run`` arguments for the guest: a kexec backend with the VM tier's capture kernel.
 
     Paths are host paths: the daemon runs chrooted into the host root.
     """
     return [
         "run",
         "--source", source,
-        "--backend", "kexec",
+        "--backend", backend,
         "--kexec-binary", "/sbin/kexec",
         "--kexec-kernel", str(assets.kernel),
         "--kexec-initrd", str(assets.capture_initrd),

@@ -15,12 +15,12 @@ panic whose capture must cover every hot-added DIMM.
   compile under TCG costs 15-30 s per boot and the bench is about reloads,
   not about the event source); bench-guest.py only records.
 
-The qemu harness lives in ``tests/vm/`` (it is not part of the installed
-package): this command imports it from the checkout this package runs from
-(the repository root is put on ``sys.path``), and says so with
-:class:`~ground.errors.UnavailableError` when it runs from an install
-without the checkout, or without root, qemu or the VM assets
-(``tools/vm-assets``).
+The qemu harness is the VM tier's, :mod:`testbed.harness`; like this
+package it lives in the checkout only.  ``kdump-coalesce bench vm-resize``
+(kdump_coalesce/commands/bench.py) imports this package from the checkout it
+runs from, and says so with :class:`~ground.errors.UnavailableError` when it
+runs from an install without the checkout; :func:`vm_bench` says so when
+root, qemu or the VM assets (``tools/vm-assets``) are missing.
 
 One qemu at a time: before each boot the command waits (at most 300 s) until
 no other qemu-system process runs on the host, and a strategy during whose
@@ -42,24 +42,24 @@ measured honestly from the guest's tracepoints.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import shlex
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from ground.errors import EXIT_FAILURE, EXIT_OK, ConfigError, UnavailableError
+from testbed.daemon import kexec_daemon_args
+from testbed.harness import CAPTURE_APPEND, GIB, GUEST_XFER, REPO, Guest, GuestConfig, GuestTimeout, VmAssets, vm_unavailable_reason
+
 from ._metrics import StrategyFigures, figures
 
 __all__ = ["STRATEGIES", "StrategyRun", "render_table", "run_vm_bench", "vm_bench"]
 
 STRATEGIES = ("udev-serial", "udev-throttle", "load-once", "kdump-coalesce/kexec", "kdump-coalesce/kexec-fast")
 MIN_DIMMS = 8  # issue 7: at least 8 GiB as 1 GiB DIMMs (64 blocks of 128 MiB)
-REPO = Path(__file__).resolve().parents[2]
 
 # Seconds without a uevent, a handler exit or a kexec_load syscall after which
 # a strategy has settled.  The daemon needs more: its quiet period (1 s) and
@@ -78,20 +78,10 @@ class StrategyRun:
     raw: dict[str, Any]
 
 
-def _harness() -> ModuleType:
-    if not (REPO / "tests" / "vm" / "harness.py").is_file():
-        raise UnavailableError(
-            "bench vm-resize",
-            f"the VM harness (tests/vm/harness.py) is not next to this package ({REPO})",
-            "run it from a checkout: cd REPO && .venv/bin/kdump-coalesce bench vm-resize",
-        )
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    h = importlib.import_module("tests.vm.harness")
-    reason = h.vm_unavailable_reason()
+def _check_vm() -> None:
+    reason = vm_unavailable_reason()
     if reason:
         raise UnavailableError("bench vm-resize", str(reason), "as root, after tools/vm-assets (./bootstrap test does it)")
-    return h
 
 
 def _selected(names: list[str] | None) -> list[str]:
@@ -104,20 +94,6 @@ def _selected(names: list[str] | None) -> list[str]:
             raise ConfigError("--strategy", f"{n!r} is not a vm-resize strategy ({', '.join(STRATEGIES)}, kdump-coalesce)")
         out += [s for s in hits if s not in out]
     return [s for s in STRATEGIES if s in out]
-
-
-def _daemon_args(h: ModuleType, assets: Any, backend: str) -> list[str]:
-    return [
-        "run", "--source", "uevent", "--backend", backend,
-        "--kexec-binary", "/sbin/kexec",
-        "--kexec-kernel", str(assets.kernel),
-        "--kexec-initrd", str(assets.capture_initrd),
-        "--kexec-cmdline", h.CAPTURE_APPEND,
-        "--kexec-load-path", "kexec_load",
-        "--kexec-distro", "none",
-        "--status-file", f"{h.GUEST_XFER}/status.json",
-        "-v",
-    ]  # fmt: skip
 
 
 def qemu_pids() -> list[int]:
@@ -156,23 +132,25 @@ def _log(msg: str) -> None:
     print(f"bench vm-resize: {msg}", file=sys.stderr, flush=True)
 
 
-def run_strategy(h: ModuleType, assets: Any, name: str, dimms: int, *, timeout: float = 600.0) -> StrategyRun:
+def run_strategy(assets: VmAssets, name: str, dimms: int, *, timeout: float = 600.0) -> StrategyRun:
     """One fresh guest, kdump loaded, the burst, the strategy settled, a crash and its capture."""
     _wait_for_no_qemu(300)
     t0 = time.monotonic()
-    cfg = h.GuestConfig(
+    cfg = GuestConfig(
         mem_mib=1024 if dimms <= 12 else 2048,  # ~2 MiB of boot RAM per hot-added block's memmap
         slots=max(8, dimms),
         maxmem_gib=(2 if dimms > 12 else 1) + dimms + 1,
         hard_timeout=timeout + 300,
     )
-    with h.Guest(assets, cfg, name=f"bench-{name.replace('/', '-')}") as g:
+    with Guest(assets, cfg, name=f"bench-{name.replace('/', '-')}") as g:
         g.kexec_load_crash()
         block = int(g.read_text("/sys/devices/system/memory/block_size_bytes").strip(), 16)
-        expect = dimms * (h.GIB // block)
+        expect = dimms * (GIB // block)
         extra: list[str] = []
         if name.startswith("kdump-coalesce/"):
-            d = g.start_daemon(_daemon_args(h, assets, name.split("/", 1)[1]), ready=lambda t: t.ready, ready_timeout=240)
+            # --source uevent, not auto: no BPF compile under TCG (see the module's doc)
+            args = kexec_daemon_args(assets, source="uevent", backend=name.split("/", 1)[1])
+            d = g.start_daemon(args, ready=lambda t: t.ready, ready_timeout=240)
             extra += ["--daemon-pid", str(d.pid()), "--idle", str(IDLE_DAEMON_S)]
         else:
             extra += ["--handler", str(REPO / "tools" / "vm" / f"bench-{name}"), "--idle", str(IDLE_HANDLERS_S)]
@@ -180,23 +158,23 @@ def run_strategy(h: ModuleType, assets: Any, name: str, dimms: int, *, timeout: 
             "BENCH_KEXEC": "/sbin/kexec",
             "BENCH_KERNEL": str(assets.kernel),
             "BENCH_INITRD": str(assets.capture_initrd),
-            "BENCH_APPEND": h.CAPTURE_APPEND,
+            "BENCH_APPEND": CAPTURE_APPEND,
         }
-        out = f"{h.GUEST_XFER}/bench"
+        out = f"{GUEST_XFER}/bench"
         argv = ["/usr/bin/python3", str(REPO / "tools" / "vm" / "bench-guest.py"), "--out", out,
                 "--expect", str(expect), "--timeout", str(timeout), *extra]  # fmt: skip
         envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         g.run_host(
-            f"cd /tmp && {envs} setsid {shlex.join(argv)} </dev/null >{h.GUEST_XFER}/bench.log 2>&1 &", timeout=30
+            f"cd /tmp && {envs} setsid {shlex.join(argv)} </dev/null >{GUEST_XFER}/bench.log 2>&1 &", timeout=30
         )
         host_out = g.xfer / "bench"
         deadline = time.monotonic() + 60
         while not (host_out / ".ready").exists():
             if time.monotonic() > deadline:
-                raise h.GuestTimeout(f"bench-guest.py not ready: {(g.xfer / 'bench.log').read_text(errors='replace')}")
+                raise GuestTimeout(f"bench-guest.py not ready: {(g.xfer / 'bench.log').read_text(errors='replace')}")
             time.sleep(0.1)
         _log(f"{name}: hot-adding {dimms} x 1 GiB ({expect} blocks)")
-        added = [g.hotplug_dimm(h.GIB, wait_online=False) for _ in range(dimms)]
+        added = [g.hotplug_dimm(GIB, wait_online=False) for _ in range(dimms)]
         for dimm in added:
             g.wait_memory_online(dimm.addr, dimm.end, timeout=180)
         deadline = time.monotonic() + timeout + 30
@@ -206,7 +184,7 @@ def run_strategy(h: ModuleType, assets: Any, name: str, dimms: int, *, timeout: 
             if len(pids) > 1:  # ours is one of them
                 contended.update(pids)
             if time.monotonic() > deadline:
-                raise h.GuestTimeout(f"{name}: no result after {timeout:.0f}s: {(g.xfer / 'bench.log').read_text(errors='replace')}")
+                raise GuestTimeout(f"{name}: no result after {timeout:.0f}s: {(g.xfer / 'bench.log').read_text(errors='replace')}")
             time.sleep(0.5)
         raw: dict[str, Any] = json.loads((host_out / "result.json").read_text())
         cpu = raw["handler_cpu_s"] if raw.get("handler_cpu_s") is not None else raw.get("daemon_cpu_s")
@@ -233,12 +211,12 @@ def _note(fig: StrategyFigures, note: str) -> StrategyFigures:
 
 def vm_bench(dimms: int, names: list[str] | None = None, *, timeout: float = 600.0) -> dict[str, Any]:
     """Run the selected strategies, one guest each, and return the ``bench --json`` object."""
-    h = _harness()
-    assets = h.VmAssets.load()
+    _check_vm()
+    assets = VmAssets.load()
     runs: list[StrategyRun] = []
     for name in _selected(names):
         _log(f"{name}: booting a fresh guest")
-        runs.append(run_strategy(h, assets, name, dimms, timeout=timeout))
+        runs.append(run_strategy(assets, name, dimms, timeout=timeout))
     return {
         "scenario": "vm-resize",
         "source": "vm",

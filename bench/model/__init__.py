@@ -3,10 +3,13 @@ path, the kernel's in-kernel update and kdump-coalesce itself, run over the
 same synthetic hotplug scenarios on trio's virtual clock.
 
 Pure: no root, no kernel, no real time.  ``bench/README.md`` has the figures
-and how the model was calibrated against the published ones.
+and how the model was calibrated against the published ones.  Not part of the
+installed package: ``kdump-coalesce bench`` imports it from the checkout.
 """
 
 from ._params import KDUMPCTL_RELOAD_RANGE, PUBLISHED, TOLERANCE, ModelParams, Published
+from ._plot import plot
+from ._report import render
 from ._run import (
     BENCH_SCENARIOS,
     VM_SCENARIO,
@@ -36,6 +39,8 @@ __all__ = [
     "Published",
     "StrategyRun",
     "ceil_bound",
+    "plot",
+    "render",
     "run_bench",
     "run_strategy",
     "scenario_events",
