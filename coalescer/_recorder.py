@@ -4,13 +4,13 @@ trace-file writer."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from typing import IO, Any
+from collections.abc import Callable
+from typing import IO
 
 from ground.events import SourceItem
 from ground.tracefile import TraceWriter
 
-from ground.records import Batch
+from ground.records import Batch, Record
 
 
 class BatchRecorder:
@@ -42,10 +42,7 @@ class TraceObserver:
         self.writer.item(item)
 
     def on_batch(self, batch: Batch) -> None:
-        self.writer.observation("batch", batch.to_json())
+        self.writer.observation(batch)
 
-    def on_record(self, kind: str, fields: Mapping[str, Any]) -> None:
-        record = dict(fields)
-        if self._clock is not None:
-            record.setdefault("at", round(self._clock(), 6))
-        self.writer.observation(kind, record)
+    def on_record(self, record: Record) -> None:
+        self.writer.observation(record, clock=self._clock() if self._clock is not None else None)

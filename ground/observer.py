@@ -1,13 +1,19 @@
-"""Observers see every stage: the trace file, metrics, logs, the live view."""
+"""Observers see every stage: the trace file, metrics, logs, sd_notify, the live view.
+
+The contract is typed: an observer gets the items the coalescer accepted, the
+batches it closed, and the records (:data:`~ground.records.Record`) the updater and
+the daemon emit.  An observer must not raise and must not block (the trace
+file and the log write a line; metrics bump counters; the textfile is written
+by a task of its own).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Protocol
 
 from .events import SourceItem
-
-from .records import Batch
+from .records import Batch, Record
 
 
 class Observer(Protocol):
@@ -17,8 +23,8 @@ class Observer(Protocol):
     def on_batch(self, batch: Batch) -> None:
         """A batch closed (before merging for delivery)."""
 
-    def on_record(self, kind: str, fields: Mapping[str, Any]) -> None:
-        """Anything else worth tracing: ``reload``, ``note``, ``status``."""
+    def on_record(self, record: Record) -> None:
+        """A reload decision, an error, a kexec call, a note, a daemon status."""
 
 
 class FanOut:
@@ -39,6 +45,6 @@ class FanOut:
         for o in self.observers:
             o.on_batch(batch)
 
-    def on_record(self, kind: str, fields: Mapping[str, Any]) -> None:
+    def on_record(self, record: Record) -> None:
         for o in self.observers:
-            o.on_record(kind, fields)
+            o.on_record(record)

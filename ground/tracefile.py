@@ -11,9 +11,12 @@ followed by records, each with a ``type``:
   "start": N, "size": N, "source": "uevent", "ret": null}`` (CPU events carry
   ``"cpu": N`` instead of start/size);
 - ``lost``: ``{"type": "lost", "t": NS, "source": "bpf", "count": N|null, "reason": "..."}``;
-- observations written by the daemon, ``trace`` and ``replay`` (``batch``,
-  ``reload``, ``note``, ``status``): carried along for the reader of the file,
-  skipped by replay, which re-derives batches from the events.
+- observations written by the daemon, ``trace`` and ``replay``: the records
+  of :mod:`ground.records` (``batch``, ``reload``, ``error``, ``kexec-call``,
+  ``note``, ``status``) as :func:`ground.records.to_json` writes them, plus
+  ``clock`` (the coalescer's clock, seconds, like a batch's ``closed_at``).
+  They are carried along for the reader of the file and skipped by replay,
+  which re-derives batches from the events.
 
 A reader error names the file and line.  ``lenient=True`` skips bad lines and
 counts them instead.
@@ -29,13 +32,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from ground.errors import TraceFormatError
-
+from .errors import TraceFormatError
 from .events import Action, EventsLost, HotplugEvent, Kind, SourceItem
+from .records import RECORD_KINDS, Batch, Record, to_json
 
 FORMAT_NAME = "kdump-coalesce-trace"
 FORMAT_VERSION = 1
-OBSERVATION_TYPES = frozenset({"batch", "reload", "note", "status"})
+OBSERVATION_TYPES = frozenset(RECORD_KINDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +136,12 @@ class TraceWriter:
     def item(self, item: SourceItem) -> None:
         self._write(item_to_json(item))
 
-    def observation(self, kind: str, record: Mapping[str, Any]) -> None:
-        if kind not in OBSERVATION_TYPES:
-            raise ValueError(f"unknown observation type {kind!r}")
-        self._write({"type": kind, **record})
+    def observation(self, record: Batch | Record, *, clock: float | None = None) -> None:
+        """A record, as ``{"type": KIND, **to_json(record)}`` (and ``clock`` when given)."""
+        line: dict[str, Any] = {"type": record.KIND, **to_json(record)}
+        if clock is not None:
+            line["clock"] = round(clock, 6)
+        self._write(line)
 
     def close(self) -> None:
         if self._owns_stream:

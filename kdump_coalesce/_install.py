@@ -41,6 +41,7 @@ from typing import Any
 from . import __version__
 from ._distro_rules import KNOWN_RULES, OVERRIDE_DIR, DistroRule, is_our_mask, mask_text, rule_state
 from ground.errors import InputError, KdumpCoalesceError, NeedsRootError
+from ground.files import atomic_write
 
 UNIT_NAME = "kdump-coalesce.service"
 UNIT_DIR = "etc/systemd/system"
@@ -210,14 +211,7 @@ class Manifest:
         )
 
     def save(self, host: Host) -> None:
-        path = host.path(MANIFEST)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_json(), f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(host.path(MANIFEST), (json.dumps(self.to_json(), indent=1) + "\n").encode(), mode=0o644, make_parents=False)
 
     def find(self, rel: str) -> dict[str, Any] | None:
         for action in self.actions:
@@ -298,7 +292,7 @@ class Installer:
         else:
             self._record({"op": "create", "path": rel, "group": group, "kind": "file"})
             outcome = "created"
-        _atomic_write(full, data, mode)
+        atomic_write(full, data, mode=mode, make_parents=False)
         return outcome
 
     def _symlink(self, rel: str, target: str, group: str) -> str:
@@ -488,18 +482,6 @@ class Installer:
             shutil.rmtree(host.path(STATE_DIR))
             notes.append(f"purged /{STATE_DIR}/")
         return notes
-
-
-def _atomic_write(path: str, data: bytes, mode: int) -> None:
-    tmp = f"{path}.kdump-coalesce.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _restore(host: Host, action: dict[str, Any]) -> None:

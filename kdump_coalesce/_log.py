@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
-from ground.records import Batch
+from ground.records import Batch, DaemonStatus, ErrorRecord, KexecCallRecord, NoteRecord, Record, ReloadRecord, ReloadResult, to_json
 from ground.events import EventsLost, SourceItem
 
 ERR, WARNING, INFO, DEBUG = 3, 4, 6, 7
@@ -65,24 +65,25 @@ class LogObserver:
     def on_batch(self, batch: Batch) -> None:
         self.log(INFO, batch.describe(), kind="batch")
 
-    def on_record(self, kind: str, fields: Mapping[str, Any]) -> None:
-        if kind == "reload":
-            result = str(fields.get("result", "?"))
-            priority = ERR if result == "failed" else WARNING if result == "fallback" else INFO
-            self.log(priority, f"reload {result}", kind="reload", **{k: v for k, v in fields.items() if k != "result"})
-        elif kind == "note":
-            priority = int(fields.get("priority", INFO))
-            message = str(fields.get("message", ""))
-            self.log(priority, message, **{k: v for k, v in fields.items() if k not in ("priority", "message")})
-        elif kind == "status":
-            self.log(DEBUG, "status", **dict(fields))
-        elif kind == "error":
-            message = str(fields.get("message", "error"))
-            self.log(ERR, message, kind="error", **{k: v for k, v in fields.items() if k != "message"})
-        elif kind == "kexec-call" and fields.get("external"):
+    def on_record(self, record: Record) -> None:
+        fields: dict[str, Any] = to_json(record)
+        if isinstance(record, ReloadRecord):
+            result = record.result
+            priority = ERR if result is ReloadResult.FAILED else WARNING if result is ReloadResult.FALLBACK else INFO
+            del fields["result"]
+            self.log(priority, f"reload {result}", kind="reload", **fields)
+        elif isinstance(record, NoteRecord):
+            self.log(INFO, record.text, kind="note")
+        elif isinstance(record, DaemonStatus):
+            self.log(DEBUG, "status", **fields)
+        elif isinstance(record, ErrorRecord):
+            del fields["message"]
+            self.log(ERR, record.message, kind="error", **fields)
+        elif isinstance(record, KexecCallRecord) and record.external:
             # Someone else reloaded kdump (a distro udev rule still active, an
             # admin): the loaded header is no longer the daemon's.
-            self.log(WARNING, "kexec call by another process", kind="kexec-call", **{k: v for k, v in fields.items() if k != "external"})
+            del fields["external"]
+            self.log(WARNING, "kexec call by another process", kind="kexec-call", **fields)
 
 
 class LoggingBridge(logging.Handler):

@@ -30,7 +30,6 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -41,12 +40,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ground.records import Batch
+from ground.records import Batch, DaemonStatus, ErrorRecord, KexecCallRecord, Record, ReloadRecord, ReloadResult
 from ground.events import EventsLost, HotplugEvent, SourceItem
 
 from . import __version__
 from ground.config import option
 from ground.errors import ConfigError
+from ground.files import atomic_write
 
 PREFIX = "kdump_coalesce"
 DEFAULT_TEXTFILE = "/var/lib/prometheus/node-exporter/kdump-coalesce.prom"
@@ -250,62 +250,54 @@ class MetricsObserver:
         self.last_batch.set(self.clock())
         self._touch()
 
-    def on_record(self, kind: str, fields: Mapping[str, Any]) -> None:
-        if kind == "reload":
-            self._on_reload(fields)
-        elif kind == "status":
-            state = fields.get("state")
-            if state == "ready":
+    def on_record(self, record: Record) -> None:
+        if isinstance(record, ReloadRecord):
+            self._on_reload(record)
+        elif isinstance(record, DaemonStatus):
+            if record.state == "ready":
                 self.ready.set(1)
-            elif state == "stopping":
+            elif record.state == "stopping":
                 self.ready.set(0)
-            updater = fields.get("updater")
-            if isinstance(updater, Mapping):
-                self._set_mode(updater.get("backend"))
-                correct = updater.get("kdump_correct")
-                self.kdump_correct.set(math.nan if correct is None else float(bool(correct)))
-        elif kind == "error":
-            self.errors.labels(str(fields.get("stage", "unknown"))).inc()
-        elif kind == "kexec-call" and fields.get("external"):
+            self._set_mode(record.updater.backend)
+            self._set_correct(record.updater.kdump_correct)
+        elif isinstance(record, ErrorRecord):
+            self.errors.labels(record.stage).inc()
+        elif isinstance(record, KexecCallRecord) and record.external:
             self.external_kexec.inc()
         else:
             return
         self._touch()
 
-    def _set_mode(self, backend: object) -> None:
-        if not isinstance(backend, str) or not backend:
+    def _set_mode(self, backend: str) -> None:
+        if not backend:
             return
         for mode in {*MODES, backend}:
             self.mode.labels(mode).set(1 if mode == backend else 0)
 
-    def _on_reload(self, fields: Mapping[str, Any]) -> None:
-        result = str(fields.get("result", "unknown"))
-        backend = str(fields.get("backend", "unknown"))
-        self.reloads.labels(backend, result).inc()
-        self._set_mode(backend)
-        if result != "skipped":
-            wall = fields.get("wall_s")
-            if isinstance(wall, (int, float)):
-                self.reload_duration.observe(wall)
+    def _set_correct(self, correct: bool | None) -> None:
+        # What the updater computed (ground.records.kdump_correct), never re-derived here.
+        self.kdump_correct.set(math.nan if correct is None else float(correct))
+
+    def _on_reload(self, record: ReloadRecord) -> None:
+        result = record.result
+        self.reloads.labels(record.backend, result.value).inc()
+        self._set_mode(record.backend)
+        self._set_correct(record.kdump_correct)
+        if result is not ReloadResult.SKIPPED:
+            self.reload_duration.observe(record.wall_s)
             self.last_reload.set(self.clock())
-            self.last_reload_ok.set(0 if result == "failed" else 1)
-            self.kdump_correct.set(0 if result == "failed" else (math.nan if backend == "dry-run" else 1))
-        window = fields.get("window_s")
-        loaded_something = not str(fields.get("window_source", "")).startswith("none")
-        if result != "skipped" and loaded_something and isinstance(window, (int, float)):
-            self.reload_window.observe(window)
-            if not fields.get("window_exact", True):
+            self.last_reload_ok.set(0 if result is ReloadResult.FAILED else 1)
+        if record.loaded_something:
+            self.reload_window.observe(record.window_s)
+            if not record.window_exact:
                 self.window_bounds.inc()
-        if result in ("ok", "fallback"):
-            ranges = fields.get("ranges")
-            if isinstance(ranges, int):
-                self.header_ranges.set(ranges)
-            cpus = fields.get("cpus")
-            if isinstance(cpus, (list, tuple)):
-                self.header_cpus.set(len(cpus))
-            ram = fields.get("ram_bytes")
-            if isinstance(ram, int):
-                self.header_ram.set(ram)
+        if result.loaded:
+            if record.ranges is not None:
+                self.header_ranges.set(record.ranges)
+            if record.cpus is not None:
+                self.header_cpus.set(len(record.cpus))
+            if record.ram_bytes is not None:
+                self.header_ram.set(record.ram_bytes)
 
     def set_distro_rules(self, active: Mapping[str, bool]) -> None:
         for rule, on in active.items():
@@ -316,20 +308,9 @@ class MetricsObserver:
 def write_textfile(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically, mode 0644 (node_exporter runs as
     its own user and must read it).  The temporary name does not end in
-    ``.prom``, so the collector never picks it up."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    ``.prom``, so the collector never picks it up; the directory must exist
+    (its absence is reported, not papered over)."""
+    atomic_write(path, data, mode=0o644, make_parents=False)
 
 
 class TextfileWriter:

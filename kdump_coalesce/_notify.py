@@ -30,11 +30,10 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any
 
 import trio
 
-from ground.records import Batch
+from ground.records import Batch, DaemonStatus, ErrorRecord, Record, ReloadRecord, ReloadResult
 from ground.events import SourceItem
 
 # Long enough for systemd (which reads the socket from its main loop) to drain
@@ -135,19 +134,15 @@ def _status_line(text: str) -> str:
     return line if len(line) <= STATUS_MAX else line[: STATUS_MAX - 3] + "..."
 
 
-def describe_reload(fields: Mapping[str, Any]) -> str:
-    result = str(fields.get("result", "?"))
-    backend = fields.get("backend", "?")
-    text = f"reload {result} ({backend})"
-    if result in ("ok", "fallback", "failed"):
-        wall = fields.get("wall_s")
-        window = fields.get("window_s")
-        if isinstance(wall, (int, float)):
-            text += f" in {wall:.3f} s"
-        if isinstance(window, (int, float)) and window > 0:
-            text += f", window {window:.3f} s" + ("" if fields.get("window_exact") else " (bound)")
-    if result in ("skipped", "failed", "fallback"):
-        text += f": {fields.get('reason', '')}"
+def describe_reload(record: ReloadRecord) -> str:
+    result = record.result
+    text = f"reload {result} ({record.backend})"
+    if result is not ReloadResult.SKIPPED:
+        text += f" in {record.wall_s:.3f} s"
+        if record.window_s > 0:
+            text += f", window {record.window_s:.3f} s" + ("" if record.window_exact else " (bound)")
+    if result is not ReloadResult.OK:
+        text += f": {record.reason}"
     return text
 
 
@@ -190,12 +185,11 @@ class NotifyObserver:
         self.last_reload = ""
         self.notifier.send(f"STATUS={self._status()}")
 
-    def on_record(self, kind: str, fields: Mapping[str, Any]) -> None:
-        if kind == "status":
-            state = str(fields.get("state", ""))
-            updater = fields.get("updater")
-            if isinstance(updater, Mapping) and updater.get("backend"):
-                self.mode = f"backend {updater['backend']}"
+    def on_record(self, record: Record) -> None:
+        if isinstance(record, DaemonStatus):
+            state = record.state
+            if record.updater.backend:
+                self.mode = f"backend {record.updater.backend}"
             if state == "ready":
                 self.state = "ready"
                 self.notifier.send(f"READY=1\nSTATUS={self._status()}")
@@ -203,13 +197,13 @@ class NotifyObserver:
                 self.state = "stopping"
                 self.notifier.send(f"STOPPING=1\nSTATUS={self._status()}")
                 self.notifier.close()
-        elif kind == "reload":
-            if fields.get("backend"):
-                self.mode = f"backend {fields['backend']}"
-            self.last_reload = describe_reload(fields)
+        elif isinstance(record, ReloadRecord):
+            if record.backend:
+                self.mode = f"backend {record.backend}"
+            self.last_reload = describe_reload(record)
             self.notifier.send(f"STATUS={self._status()}")
-        elif kind == "error":
-            self.last_reload = f"ERROR: {fields.get('message', '')}"
+        elif isinstance(record, ErrorRecord):
+            self.last_reload = f"ERROR: {record.message}"
             self.notifier.send(f"STATUS={self._status()}")
 
 

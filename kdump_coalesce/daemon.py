@@ -25,7 +25,7 @@ import trio
 
 from coalescer import CoalescerStage, Policy, run_pipeline
 from ground.observer import FanOut
-from ground.records import Batch
+from ground.records import Batch, DaemonStatus, UpdaterStatus
 from probes import SOURCE_SPECS, EventSource
 
 from ._log import INFO, LOG_FORMATS, WARNING, LogObserver
@@ -49,7 +49,7 @@ class Updater(Protocol):
 
     def describe(self) -> str: ...
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> UpdaterStatus: ...
 
     async def aclose(self) -> None: ...
 
@@ -80,9 +80,9 @@ class Daemon:
                     nursery.start_soon(task)
                 await self.updater.reconcile()
                 self.stage = await nursery.start(self._pipeline, nursery.cancel_scope)
-                self.observer.on_record("status", {"state": "ready", **self._summary()})
+                self.observer.on_record(self._status("ready"))
         finally:
-            self.observer.on_record("status", {"state": "stopping", **self._summary()})
+            self.observer.on_record(self._status("stopping"))
             with trio.CancelScope(shield=True):
                 await self.updater.aclose()
 
@@ -102,13 +102,15 @@ class Daemon:
                     self.log.log(WARNING, f"{name}: stopping now")
                     everything.cancel()
 
-    def _summary(self) -> dict[str, Any]:
-        summary: dict[str, Any] = {"updater": self.updater.status()}
-        if self.stage is not None:
-            summary["items"] = self.stage.core.items
-            summary["batches"] = self.stage.core.batches
-            summary["deliveries"] = self.stage.deliveries
-        return summary
+    def _status(self, state: str) -> DaemonStatus:
+        stage = self.stage
+        return DaemonStatus(
+            state=state,
+            updater=self.updater.status(),
+            items=stage.core.items if stage is not None else None,
+            batches=stage.core.batches if stage is not None else None,
+            deliveries=stage.deliveries if stage is not None else None,
+        )
 
 
 def settings_sections(extra: Mapping[str, type[Any]]) -> dict[str, type[Any]]:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ground.records import Batch
+from ground.records import Batch, DaemonStatus, Record
 from ground.events import SourceItem
 
 from ._distro_rules import active_distro_rules, distro_rules
@@ -66,8 +66,8 @@ class _OnStopping:
     def on_batch(self, batch: Batch) -> None:
         return None
 
-    def on_record(self, kind: str, fields: Mapping[str, Any]) -> None:
-        if kind != "status" or fields.get("state") != "stopping":
+    def on_record(self, record: Record) -> None:
+        if not isinstance(record, DaemonStatus) or record.state != "stopping":
             return
         if self.writer is not None:
             self.writer.write_now()

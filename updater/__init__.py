@@ -14,15 +14,7 @@ Public surface:
   backend (``updater.fastpath``'s too) implements.
 """
 
-from ._backends import (
-    DryRunBackend,
-    HostCapabilities,
-    KexecCliBackend,
-    LoaderBackend,
-    LoadOutcome,
-    LoadRequest,
-    choose_backend,
-)
+from ._backends import DryRunBackend, HostCapabilities, KexecCliBackend, choose_backend
 from ._config import BACKENDS, SECTIONS, KexecSettings, UpdaterSettings
 from ._distro import KexecCommand, resolve_kexec_command
 from ._elfcorehdr import (
@@ -34,9 +26,10 @@ from ._elfcorehdr import (
     diff_snapshots,
     segment_size_for,
 )
+from ._loader import LoaderBackend, LoadOutcome, LoadRequest, SegmentStager
 from ._errors import BackendUnavailableError, HeaderTooLargeError, ReloadError, SnapshotError
 from ._snapshot import CpuNote, KernelText, MissingInput, RamRange, SystemSnapshot, read_snapshot
-from ._status import read_status
+from ._status import daemon_alive, format_status, read_status, status_exit, status_json
 from ._updater import ReloadFailed, Updater, open_updater
 
 __all__ = [
@@ -56,6 +49,7 @@ __all__ = [
     "KexecSettings",
     "LoadOutcome",
     "LoadRequest",
+    "SegmentStager",
     "LoaderBackend",
     "MissingInput",
     "ProgramHeader",
@@ -71,7 +65,11 @@ __all__ = [
     "diff_snapshots",
     "open_updater",
     "read_snapshot",
+    "daemon_alive",
+    "format_status",
     "read_status",
+    "status_exit",
+    "status_json",
     "resolve_kexec_command",
     "segment_size_for",
 ]

@@ -12,13 +12,14 @@ retries, falls back and reports.  Backends:
   command line and syscall (:mod:`._distro`).  kexec-tools reads /proc/iomem
   and sysfs itself and builds its own header; ours is what it should contain
   (for the diff, the skip decision and the status).
-- ``kexec-fast``: the direct kexec_load path (``updater.fastpath``, another
-  module): it takes :attr:`LoadRequest.header` (rebuilt with the backup
+- ``kexec-fast``: the direct kexec_load path (:mod:`updater.fastpath`, a
+  subpackage): it takes :attr:`LoadRequest.header` (rebuilt with the backup
   segment's address in :class:`HeaderOptions`) and loads the segments itself.
-  It plugs in through ``updater.fastpath.create_backend(command, settings)``,
-  returning a :class:`LoaderBackend`; ``auto`` prefers it when
-  ``updater.fastpath.unavailable_reason(kexec, settings)`` is empty
+  :func:`updater.fastpath.create_backend` returns its :class:`LoaderBackend`;
+  ``auto`` prefers it when :func:`updater.fastpath.unavailable_reason` is empty
   (kexec_load allowed, the kexec-tools purgatory found, a bzImage kernel).
+  The protocol every backend implements is in :mod:`updater._loader`, which
+  the fast path imports; this module imports the fast path, never the reverse.
 - ``dry-run``: writes what a reload would load (the header, and the fast
   path's segment set manifest when the fast path can be prepared here:
   ``updater.fastpath.create_stager``) and a manifest into a staging
@@ -27,68 +28,27 @@ retries, falls back and reports.  Backends:
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
 from ground.errors import KdumpCoalesceError
 
+from . import fastpath
 from ._config import KexecSettings, UpdaterSettings
 from ._distro import KexecCommand, find_kexec_binary
 from ._elfcorehdr import ElfCoreHeader, HeaderDiff
 from ._errors import BackendUnavailableError
+from ._loader import LoaderBackend, LoadOutcome, LoadRequest, SegmentStager
 from ._snapshot import SystemSnapshot
-
-
-@dataclass(frozen=True)
-class LoadRequest:
-    seq: int
-    snapshot: SystemSnapshot
-    header: ElfCoreHeader
-    diff: HeaderDiff
-    reason: str
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class LoadOutcome:
-    ok: bool
-    detail: str
-    # CLOCK_MONOTONIC (time.monotonic_ns) bounds of everything that could have
-    # made the kexec syscall: the loader process's lifetime, or the syscall
-    # itself for an in-process loader.  The updater looks up the exact
-    # syscall window in the KexecCallLog between them, by pid.
-    start_ns: int = 0
-    end_ns: int = 0
-    pids: tuple[int, ...] = ()
-    changes_kdump: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class LoaderBackend(Protocol):
-    name: str
-    # The syscall whose header semantics apply ("kexec_load",
-    # "kexec_file_load"); "none" for dry-run.
-    load_path: str
-    # False for dry-run: nothing is loaded, there is no window.
-    changes_kdump: bool
-    # True when the elfcorehdr segment keeps its place and size across
-    # reloads (the fast path): the header must fit the first segment.
-    fixed_layout: bool
-
-    def describe(self) -> str: ...
-
-    async def load(self, request: LoadRequest) -> LoadOutcome: ...
 
 
 # -- kexec (kexec-tools) --------------------------------------------------------
@@ -99,7 +59,6 @@ class KexecCliBackend:
 
     name = "kexec"
     changes_kdump = True
-    fixed_layout = False
 
     def __init__(self, command: KexecCommand, timeout: float = 60.0) -> None:
         self.command = command
@@ -153,7 +112,6 @@ class DryRunBackend:
     name = "dry-run"
     load_path = "none"
     changes_kdump = False
-    fixed_layout = False
 
     def __init__(
         self, staging_dir: str, keep: int = 8, why: str = "", segments: SegmentStager | None = None, segments_why: str = ""
@@ -296,46 +254,8 @@ class HostCapabilities:
             crash_hotplug_memory=snapshot.crash_hotplug_memory,
             crash_hotplug_cpu=snapshot.crash_hotplug_cpu,
             kexec_binary=find_kexec_binary(kexec.binary),
-            fastpath=fastpath_unavailable_reason(kexec, settings),
+            fastpath=fastpath.unavailable_reason(kexec, settings) if settings is not None else "",
         )
-
-
-def fastpath_factory() -> Callable[..., LoaderBackend] | None:
-    try:
-        module = importlib.import_module("updater.fastpath")
-    except ImportError:
-        return None
-    factory = getattr(module, "create_backend", None)
-    return factory if callable(factory) else None
-
-
-def fastpath_unavailable_reason(kexec: KexecSettings | None = None, settings: UpdaterSettings | None = None) -> str:
-    """"" when ``auto`` may pick kexec-fast: the hook exists and, given the
-    settings, the fast path says it can run here (kexec_load allowed, the
-    kexec-tools purgatory found, a bzImage capture kernel)."""
-    if fastpath_factory() is None:
-        return "updater.fastpath has no create_backend() yet"
-    if kexec is None or settings is None:
-        return ""
-    module = importlib.import_module("updater.fastpath")
-    check = getattr(module, "unavailable_reason", None)
-    if not callable(check):
-        return ""
-    reason = check(kexec, settings)
-    return reason if isinstance(reason, str) else ""
-
-
-class SegmentStager(Protocol):
-    def stage(self, snapshot: SystemSnapshot, header: ElfCoreHeader) -> tuple[dict[str, Any], dict[str, bytes]]: ...
-
-
-def fastpath_stager_factory() -> Callable[..., SegmentStager] | None:
-    try:
-        module = importlib.import_module("updater.fastpath")
-    except ImportError:
-        return None
-    factory = getattr(module, "create_stager", None)
-    return factory if callable(factory) else None
 
 
 def choose_backend(requested: str, caps: HostCapabilities) -> tuple[str, str]:
@@ -375,7 +295,3 @@ def choose_backend(requested: str, caps: HostCapabilities) -> tuple[str, str]:
     if not caps.kexec_binary:
         raise BackendUnavailableError("kexec backend", "no kexec binary found", "install kexec-tools or set [kexec] binary")
     return "kexec", "requested"
-
-
-def make_dry_run(settings: UpdaterSettings, why: str) -> DryRunBackend:
-    return DryRunBackend(settings.staging_dir, settings.keep_staged, why)

@@ -1,4 +1,10 @@
-"""Reading and showing the status file the running updater writes."""
+"""Reading and showing the status file the running updater writes.
+
+The file is :func:`ground.records.to_json` of an
+:class:`~ground.records.UpdaterStatus`; it is read back into one with
+:func:`ground.records.from_json`, so ``status`` shows the same fields the
+updater wrote, by name.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,10 @@ import time
 from typing import Any
 
 from ground.errors import InputError, UnavailableError
+from ground.records import RecordError, UpdaterState, UpdaterStatus, from_json, to_json
 
-from ._updater import STATUS_FORMAT
 
-
-def read_status(path: str) -> dict[str, Any]:
+def read_status(path: str) -> UpdaterStatus:
     """The status document.  :class:`UnavailableError` when there is none (the
     daemon never ran here), :class:`InputError` when it is malformed."""
     try:
@@ -26,17 +31,20 @@ def read_status(path: str) -> dict[str, Any]:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}:{exc.lineno}", f"not JSON: {exc.msg}") from None
-    if not isinstance(doc, dict) or doc.get("format") != STATUS_FORMAT:
-        raise InputError(path, f"not a kdump-coalesce status file (format {STATUS_FORMAT})")
-    doc["daemon_alive"] = _alive(doc.get("pid")) if doc.get("running") else False
-    return doc
+    if not isinstance(doc, dict) or doc.get("format") != UpdaterStatus.FORMAT:
+        raise InputError(path, f"not a kdump-coalesce status file (format {UpdaterStatus.FORMAT})")
+    try:
+        return from_json(UpdaterStatus, doc)
+    except RecordError as exc:
+        raise InputError(path, f"malformed status file: {exc}") from None
 
 
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
+def daemon_alive(status: UpdaterStatus) -> bool:
+    """Whether the daemon that wrote ``status`` is still running."""
+    if not status.running or status.pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
+        os.kill(status.pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -44,39 +52,45 @@ def _alive(pid: object) -> bool:
     return True
 
 
-def _ago(ts: object) -> str:
-    if not isinstance(ts, (int, float)):
-        return "?"
+def status_json(status: UpdaterStatus) -> dict[str, Any]:
+    """``status --json``: the file's document plus ``daemon_alive``."""
+    doc: dict[str, Any] = to_json(status)
+    doc["daemon_alive"] = daemon_alive(status)
+    return doc
+
+
+def _ago(ts: float) -> str:
     return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts))} ({max(time.time() - ts, 0):.0f} s ago)"
 
 
-def format_status(doc: dict[str, Any]) -> list[str]:
+def format_status(status: UpdaterStatus) -> list[str]:
     lines = []
-    running = "running" if doc.get("daemon_alive") else ("stopped" if not doc.get("running") else f"not running (pid {doc.get('pid')} is gone)")
-    lines.append(f"daemon:       {running}, pid {doc.get('pid')}, updated {_ago(doc.get('updated_at'))}")
-    lines.append(f"backend:      {doc.get('description')}")
-    lines.append(f"loader:       {doc.get('loader')}")
-    loaded = doc.get("kdump_loaded")
-    correct = doc.get("kdump_correct")
+    alive = daemon_alive(status)
+    running = "running" if alive else ("stopped" if not status.running else f"not running (pid {status.pid} is gone)")
+    lines.append(f"daemon:       {running}, pid {status.pid}, updated {_ago(status.updated_at)}")
+    lines.append(f"backend:      {status.description}")
+    lines.append(f"loader:       {status.loader}")
+    loaded = status.kdump_loaded
+    correct = status.kdump_correct
     lines.append(
         "kdump:        "
         + ("loaded" if loaded else "NOT loaded" if loaded is False else "cannot be loaded on this kernel")
         + ", header "
-        + ("current" if correct else "NOT known to be current" if correct is False else "not loaded by us (dry-run)" if doc.get("dry_run") else "unknown")
-        + f" (state {doc.get('state')})"
+        + ("current" if correct else "NOT known to be current" if correct is False else "not loaded by us (dry-run)" if status.dry_run else "unknown")
+        + f" (state {status.state})"
     )
-    batch = doc.get("last_batch")
-    if batch:
-        lines.append(f"last batch:   {batch.get('describe')} at {_ago(batch.get('at'))}")
-    reload = doc.get("last_reload")
-    if reload:
-        exact = "exact" if reload.get("window_exact") else "upper bound"
+    batch = status.last_batch
+    if batch is not None:
+        lines.append(f"last batch:   {batch.describe} at {_ago(batch.at)}")
+    reload = status.last_reload
+    if reload is not None:
+        exact = "exact" if reload.window_exact else "upper bound"
         lines.append(
-            f"last reload:  {reload.get('result')} via {reload.get('backend')} at {_ago(reload.get('at'))}: "
-            f"wall {reload.get('wall_s', 0):.3f} s, window {reload.get('window_s', 0):.3f} s ({exact}; {reload.get('window_source')})"
+            f"last reload:  {reload.result} via {reload.backend} at {_ago(reload.at)}: "
+            f"wall {reload.wall_s:.3f} s, window {reload.window_s:.3f} s ({exact}; {reload.window_source})"
         )
-        lines.append(f"              {reload.get('reason')}")
-    header = doc.get("header")
+        lines.append(f"              {reload.reason}")
+    header = status.header
     if header:
         gib = (header.get("ram_bytes") or 0) / (1 << 30)
         lines.append(
@@ -85,20 +99,19 @@ def format_status(doc: dict[str, Any]) -> list[str]:
             + (f", notes missing for CPU {','.join(map(str, header['missing_note_cpus']))}" if header.get("missing_note_cpus") else "")
             + f", sha256 {str(header.get('sha256'))[:16]}"
         )
-    counts = doc.get("counts") or {}
-    lines.append("counts:       " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    if doc.get("last_error"):
-        lines.append(f"ERROR:        {doc['last_error']}")
-    for path, consequence in doc.get("missing") or []:
+    lines.append("counts:       " + ", ".join(f"{k} {v}" for k, v in status.counts.items()))
+    if status.last_error:
+        lines.append(f"ERROR:        {status.last_error}")
+    for path, consequence in status.missing:
         lines.append(f"missing:      {path}: {consequence}")
     return lines
 
 
-def status_exit(doc: dict[str, Any]) -> int:
+def status_exit(status: UpdaterStatus) -> int:
     """0 when kdump is current (or dry-run/kernel mode is healthy), 1 when the
     last reload failed or the daemon died."""
-    if doc.get("state") == "failed" or doc.get("kdump_correct") is False:
+    if status.state is UpdaterState.FAILED or status.kdump_correct is False:
         return 1
-    if doc.get("running") and not doc.get("daemon_alive"):
+    if status.running and not daemon_alive(status):
         return 1
     return 0

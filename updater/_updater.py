@@ -17,8 +17,15 @@ here), the updater:
    to kexec-tools), then reported loudly: an ``error`` record, an error log
    line, and ``status`` saying kdump is not known to be correct.
 
-Every outcome is one ``reload`` record for the observer (the trace file), and
-the status file is rewritten atomically after each batch.
+Every outcome is one :class:`ground.records.ReloadRecord` for the observer
+(the trace file, the log, metrics, sd_notify), and the status file (an
+:class:`ground.records.UpdaterStatus`) is rewritten atomically after each
+batch.
+
+Inputs it is given, not finds: the settings, the backend (and its fallback),
+the observer, and the :class:`ground.kexec_log.KexecCallLog` that the BPF
+source fills (the daemon builds it once and hands it to both; an empty, inactive
+log means the windows are bounded by the loader's lifetime).
 """
 
 from __future__ import annotations
@@ -33,32 +40,37 @@ from typing import Any
 
 import trio
 
-from ground.observer import Observer
-from ground.records import Batch
-from ground.errors import ConfigError, KdumpCoalesceError
+from ground.errors import ConfigError, InputError, KdumpCoalesceError, UnavailableError
+from ground.files import atomic_write
 from ground.kexec_log import KexecCall, KexecCallLog
-
-from ._backends import (
-    DryRunBackend,
-    HostCapabilities,
-    KexecCliBackend,
-    LoaderBackend,
-    LoadOutcome,
-    LoadRequest,
-    SegmentStager,
-    choose_backend,
-    fastpath_factory,
-    fastpath_stager_factory,
+from ground.observer import Observer
+from ground.records import (
+    Batch,
+    BatchSummary,
+    ErrorRecord,
+    KexecCallRecord,
+    ReloadRecord,
+    ReloadResult,
+    UpdaterState,
+    UpdaterStatus,
+    WindowKind,
+    kdump_correct,
+    to_json,
 )
+
+from . import fastpath
+from ._backends import DryRunBackend, HostCapabilities, KexecCliBackend, choose_backend
 from ._config import KexecSettings, UpdaterSettings
 from ._distro import resolve_kexec_command
-from ._elfcorehdr import ElfCoreHeader, HeaderDiff, HeaderOptions, diff_headers, segment_size_for
+from ._elfcorehdr import ElfCoreHeader, HeaderDiff, HeaderOptions, diff_headers
 from ._errors import BackendUnavailableError, ReloadError
-from ._snapshot import SystemSnapshot, atomic_write, read_snapshot
+from ._loader import LoaderBackend, LoadOutcome, LoadRequest, SegmentStager
+from ._snapshot import SystemSnapshot, read_snapshot
+from ._status import read_status
 
 log = logging.getLogger("kdump_coalesce.updater")
 
-STATUS_FORMAT = 1
+STATUS_FORMAT = UpdaterStatus.FORMAT
 # How long to wait for the BPF source to deliver the loader's syscall exit
 # after the loader process is gone (ring buffer latency, not syscall time).
 KEXEC_LOG_GRACE_S = 1.0
@@ -80,7 +92,7 @@ class Updater:
         why: str,
         backend: LoaderBackend | None,
         observer: Observer,
-        kexec_log: KexecCallLog | None = None,
+        kexec_log: KexecCallLog,
         *,
         fallback: LoaderBackend | None = None,
         reader: SnapshotReader = read_snapshot,
@@ -94,13 +106,12 @@ class Updater:
         self.kexec_log = kexec_log
         self.reader = reader
         self.loaded: ElfCoreHeader | None = None
-        self.capacity: int | None = None
         self.started_at = time.time()
         self.running = True
-        self.state = "starting"
+        self.state = UpdaterState.STARTING
         self.counts = {"batches": 0, "reloads": 0, "ok": 0, "failed": 0, "skipped": 0, "fallback": 0, "retries": 0, "external_kexec_calls": 0}
-        self.last_batch: dict[str, Any] | None = None
-        self.last_reload: dict[str, Any] | None = None
+        self.last_batch: BatchSummary | None = None
+        self.last_reload: ReloadRecord | None = None
         self.last_error: str | None = None
         self.last_snapshot: SystemSnapshot | None = None
         self._own_pids: set[int] = set()
@@ -134,8 +145,8 @@ class Updater:
         t0 = time.monotonic()
         snapshot = await self._snapshot()
         if self.kernel_mode:
-            self.state = "kernel"
-            self._record("skipped", "start-up: the kernel owns the elfcorehdr (crash_hotplug reads 1)", 0, t0, snapshot=snapshot)
+            self.state = UpdaterState.KERNEL
+            self._record(ReloadResult.SKIPPED, "start-up: the kernel owns the elfcorehdr (crash_hotplug reads 1)", 0, t0, snapshot=snapshot)
             self.write_status()
             return
         header = self._build(snapshot)
@@ -148,8 +159,8 @@ class Updater:
             and previous == header.sha256
         ):
             self.loaded = header
-            self.state = "ok"
-            self._record("skipped", "start-up: the loaded header matches the live state (previous run's status file)", 0, t0, snapshot=snapshot, header=header)
+            self.state = UpdaterState.OK
+            self._record(ReloadResult.SKIPPED, "start-up: the loaded header matches the live state (previous run's status file)", 0, t0, snapshot=snapshot, header=header)
             self.write_status()
             return
         reason = "start-up reconciliation: what is loaded is not known to match the live state"
@@ -161,53 +172,55 @@ class Updater:
     async def consume(self, batch: Batch) -> None:
         t0 = time.monotonic()
         self.counts["batches"] += 1
-        self.last_batch = {
-            "seq": batch.seq,
-            "events": batch.events,
-            "reason": batch.reason,
-            "merged": batch.merged,
-            "describe": batch.describe(),
-            "at": time.time(),
-        }
+        self.last_batch = BatchSummary(batch.seq, batch.events, batch.reason, batch.merged, batch.describe(), time.time())
         self._note_external_calls()
         try:
             await self._consume(batch, t0)
         finally:
             self.write_status()
 
-    def status(self) -> dict[str, Any]:
+    @property
+    def dry_run(self) -> bool:
+        return isinstance(self.backend, DryRunBackend)
+
+    def kdump_correct(self, loaded: bool | None = None) -> bool | None:
+        """:func:`ground.records.kdump_correct` for this updater's state."""
+        if loaded is None:
+            loaded = self._kexec_crash_loaded()
+        return kdump_correct(self.state, dry_run=self.dry_run, loaded=loaded)
+
+    def status(self) -> UpdaterStatus:
         loaded = self._kexec_crash_loaded()
         header = self.loaded.summary() if self.loaded else None
-        if header is not None:
-            header.pop("ram", None)
-            header["ram"] = [str(r) for r in self.loaded.ram_ranges] if self.loaded else []
-        return {
-            "format": STATUS_FORMAT,
-            "pid": os.getpid(),
-            "running": self.running,
-            "started_at": self.started_at,
-            "updated_at": time.time(),
-            "backend": self.backend_name,
-            "backend_why": self.why,
-            "description": self.describe(),
-            "loader": self.backend.describe() if self.backend else "the kernel (CONFIG_CRASH_HOTPLUG)",
-            "state": self.state,
-            "kdump_loaded": loaded,
-            "kdump_correct": self._kdump_correct(loaded),
-            "dry_run": isinstance(self.backend, DryRunBackend),
-            "last_batch": self.last_batch,
-            "last_reload": self.last_reload,
-            "last_error": self.last_error,
-            "header": header,
-            "missing": [[m.path, m.consequence] for m in self.last_snapshot.missing] if self.last_snapshot else [],
-            "counts": dict(self.counts),
-            "status_file_error": self._status_error,
-        }
+        if header is not None and self.loaded is not None:
+            header["ram"] = [str(r) for r in self.loaded.ram_ranges]
+        return UpdaterStatus(
+            format=STATUS_FORMAT,
+            pid=os.getpid(),
+            running=self.running,
+            started_at=self.started_at,
+            updated_at=time.time(),
+            backend=self.backend_name,
+            backend_why=self.why,
+            description=self.describe(),
+            loader=self.backend.describe() if self.backend else "the kernel (CONFIG_CRASH_HOTPLUG)",
+            state=self.state,
+            kdump_loaded=loaded,
+            kdump_correct=self.kdump_correct(loaded),
+            dry_run=self.dry_run,
+            last_batch=self.last_batch,
+            last_reload=self.last_reload,
+            last_error=self.last_error,
+            header=header,
+            missing=tuple((m.path, m.consequence) for m in self.last_snapshot.missing) if self.last_snapshot else (),
+            counts=dict(self.counts),
+            status_file_error=self._status_error,
+        )
 
     def write_status(self) -> None:
         path = Path(self.settings.status_file)
         try:
-            atomic_write(path, (json.dumps(self.status(), indent=1, default=str) + "\n").encode())
+            atomic_write(path, (json.dumps(to_json(self.status()), indent=1) + "\n").encode())
             self._status_error = None
         except OSError as exc:
             message = f"{path}: cannot write status: {exc.strerror or exc}"
@@ -227,13 +240,13 @@ class Updater:
         if self.kernel_mode:
             owner = await self._kernel_still_owns()
             if owner:
-                self.state = "kernel"
-                self._record("skipped", f"the kernel owns the elfcorehdr ({owner})", batch.seq, t0, batch=batch)
+                self.state = UpdaterState.KERNEL
+                self._record(ReloadResult.SKIPPED, f"the kernel owns the elfcorehdr ({owner})", batch.seq, t0, batch=batch)
                 return
             if not await self._leave_kernel_mode(batch, t0):
                 return
         if not batch.needs_update:
-            self._record("skipped", "net-empty batch (changes cancelled out, no events lost)", batch.seq, t0, batch=batch)
+            self._record(ReloadResult.SKIPPED, "net-empty batch (changes cancelled out, no events lost)", batch.seq, t0, batch=batch)
             return
         try:
             snapshot = await self._snapshot()
@@ -248,7 +261,7 @@ class Updater:
                 why += " (the live state does not show the batch's memory changes: events are hints)"
             elif batch.cpus_online or batch.cpus_offline:
                 why += f" (CPU notes follow {header.options.cpu_notes if header.options else 'present'} CPUs; online/offline changes nothing loaded)"
-            self._record("skipped", why, batch.seq, t0, batch=batch, snapshot=snapshot, header=header, diff=diff)
+            self._record(ReloadResult.SKIPPED, why, batch.seq, t0, batch=batch, snapshot=snapshot, header=header, diff=diff)
             return
         await self._reload(batch.seq, snapshot, header, diff, f"batch {batch.seq}: {diff.describe()}", t0, batch=batch)
 
@@ -258,14 +271,7 @@ class Updater:
         return snapshot
 
     def _build(self, snapshot: SystemSnapshot, backend: LoaderBackend | None = None) -> ElfCoreHeader:
-        backend = backend or self.backend
-        options = self.header_options(backend)
-        fixed = backend is not None and backend.fixed_layout
-        header = ElfCoreHeader.build(snapshot, options, capacity=self.capacity if fixed else None)
-        if self.capacity is None or not fixed:
-            headroom = self.settings.headroom_ranges + self.settings.headroom_cpus
-            self.capacity = segment_size_for(len(header.phdrs), headroom)
-        return header
+        return ElfCoreHeader.build(snapshot, self.header_options(backend or self.backend))
 
     async def _reload(
         self, seq: int, snapshot: SystemSnapshot, header: ElfCoreHeader, diff: HeaderDiff, reason: str, t0: float, batch: Batch | None = None
@@ -287,12 +293,12 @@ class Updater:
             request = LoadRequest(seq, snapshot, header, diff, reason, {"prepare_s": round(time.monotonic() - t0, 6)})
             outcome = await backend.load(request)
             self._own_pids.update(outcome.pids)
-            window, exact, source = await self._window(outcome)
+            window = await self._window(outcome)
             if outcome.ok:
                 self.loaded = header
-                self.state = "ok"
+                self.state = UpdaterState.OK
                 self.last_error = None
-                result = "ok" if index == 0 else ("fallback" if kind == "fallback" else "ok")
+                result = ReloadResult.FALLBACK if kind == "fallback" else ReloadResult.OK
                 extra: dict[str, Any] = {"detail": outcome.detail, "attempts": index + 1}
                 if errors:
                     extra["earlier_errors"] = errors
@@ -301,7 +307,7 @@ class Updater:
                 extra.update(outcome.extra.get("record", {}))
                 self._record(
                     result, reason, seq, t0, batch=batch, snapshot=snapshot, header=header, diff=diff, backend=backend,
-                    window=(window, exact, source), outcome=outcome, extra=extra,
+                    window=window, outcome=outcome, extra=extra,
                 )
                 return True
             errors.append(f"{backend.name}: {outcome.detail}")
@@ -312,21 +318,21 @@ class Updater:
         return False
 
     def _fail(self, seq: int, t0: float, message: str, **kw: Any) -> None:
-        self.state = "failed"
+        self.state = UpdaterState.FAILED
         self.last_error = message
         loaded = self._kexec_crash_loaded()
         what = "kdump is NOT loaded" if loaded is False else "kdump may be stale"
         log.error("reload failed for batch %d: %s: %s", seq, message, what)
-        self._record("failed", message, seq, t0, **kw)
-        self.observer.on_record("error", {"stage": "updater", "batch": seq, "message": f"reload failed: {message}: {what}", "kdump_loaded": loaded})
+        self._record(ReloadResult.FAILED, message, seq, t0, **kw)
+        self.observer.on_record(ErrorRecord(stage="updater", batch=seq, message=f"reload failed: {message}: {what}", kdump_loaded=loaded))
 
-    async def _window(self, outcome: LoadOutcome) -> tuple[float, bool, str]:
+    async def _window(self, outcome: LoadOutcome) -> tuple[float, WindowKind, str]:
         if not outcome.changes_kdump:
-            return 0.0, True, "none: nothing loaded"
+            return 0.0, WindowKind.NONE, "none: nothing loaded"
         bound = max(outcome.end_ns - outcome.start_ns, 0) / 1e9
         log_ = self.kexec_log
-        if log_ is None or not log_.active or not outcome.pids:
-            return bound, False, "bounded by the loader's lifetime (no BPF kexec tracepoints)"
+        if not log_.active or not outcome.pids:
+            return bound, WindowKind.LOADER_LIFETIME, "bounded by the loader's lifetime (no BPF kexec tracepoints)"
         calls: list[KexecCall] = []
         with trio.move_on_after(KEXEC_LOG_GRACE_S):
             while True:
@@ -335,8 +341,8 @@ class Updater:
                     break
                 await log_.wait_changed()
         if not calls:
-            return bound, False, "bounded by the loader's lifetime (no kexec syscall seen)"
-        return sum(c.window_s for c in calls), True, f"bpf: {'+'.join(c.syscall for c in calls)}"
+            return bound, WindowKind.LOADER_LIFETIME, "bounded by the loader's lifetime (no kexec syscall seen)"
+        return sum(c.window_s for c in calls), WindowKind.BPF, f"bpf: {'+'.join(c.syscall for c in calls)}"
 
     # -- kernel mode ----------------------------------------------------------------
 
@@ -351,17 +357,6 @@ class Updater:
     def _kexec_crash_loaded(self) -> bool | None:
         value = self._read_int("sys/kernel/kexec_crash_loaded")
         return None if value is None else bool(value)
-
-    def _kdump_correct(self, loaded: bool | None) -> bool | None:
-        if self.state == "kernel":
-            return True
-        if self.state == "failed":
-            return False
-        if isinstance(self.backend, DryRunBackend):
-            return None  # nothing is loaded by us
-        if self.state == "ok":
-            return bool(loaded)
-        return None
 
     async def _kernel_still_owns(self) -> str:
         for attempt in range(HOTPLUG_RECHECKS):
@@ -383,14 +378,12 @@ class Updater:
         old = self.backend_name
         self.backend_name, self.why = fallback.name, f"crash_hotplug reads 0 after {old} mode: the kernel no longer updates the header"
         self.counts["fallback"] += 1
-        self._record("fallback", self.why, batch.seq, t0, batch=batch, backend=fallback)
+        self._record(ReloadResult.FALLBACK, self.why, batch.seq, t0, batch=batch, backend=fallback)
         return True
 
     # -- records --------------------------------------------------------------------
 
     def _note_external_calls(self) -> None:
-        if self.kexec_log is None:
-            return
         # The log is a bounded deque: remember the newest exit seen, not a count.
         calls = [c for c in self.kexec_log.calls() if c.exit_ns > self._calls_seen]
         for call in calls:
@@ -398,17 +391,18 @@ class Updater:
                 continue
             self.counts["external_kexec_calls"] += 1
             self.observer.on_record(
-                "kexec-call",
-                {
-                    "external": True,
-                    "syscall": call.syscall,
-                    "pid": call.pid,
-                    "comm": call.comm,
-                    "flags": call.flags,
-                    "ret": call.ret,
-                    "window_s": round(call.window_s, 6),
-                    "note": "a reload made by someone else (distro udev rule, admin): the loaded header is no longer ours",
-                },
+                KexecCallRecord(
+                    external=True,
+                    syscall=call.syscall,
+                    pid=call.pid,
+                    comm=call.comm,
+                    flags=call.flags,
+                    ret=call.ret,
+                    window_s=call.window_s,
+                    enter_ns=call.enter_ns,
+                    exit_ns=call.exit_ns,
+                    note="a reload made by someone else (distro udev rule, admin): the loaded header is no longer ours",
+                )
             )
             if call.on_crash and call.ret == 0:
                 self.loaded = None  # someone else loaded something: not known to match any more
@@ -416,20 +410,19 @@ class Updater:
             self._calls_seen = max(c.exit_ns for c in calls)
 
     def _previous_loaded_sha(self) -> str | None:
+        """The header a previous run of this backend left loaded, from its status file."""
         try:
-            with open(self.settings.status_file) as f:
-                doc = json.load(f)
-        except (OSError, ValueError):
+            previous = read_status(self.settings.status_file)
+        except (UnavailableError, InputError):
             return None
-        if not isinstance(doc, dict) or doc.get("backend") != self.backend_name or doc.get("state") != "ok":
+        if previous.backend != self.backend_name or previous.state is not UpdaterState.OK or previous.header is None:
             return None
-        header = doc.get("header")
-        sha = header.get("sha256") if isinstance(header, dict) else None
+        sha = previous.header.get("sha256")
         return sha if isinstance(sha, str) else None
 
     def _record(
         self,
-        result: str,
+        result: ReloadResult,
         reason: str,
         seq: int,
         t0: float,
@@ -439,39 +432,43 @@ class Updater:
         header: ElfCoreHeader | None = None,
         diff: HeaderDiff | None = None,
         backend: LoaderBackend | None = None,
-        window: tuple[float, bool, str] | None = None,
+        window: tuple[float, WindowKind, str] | None = None,
         outcome: LoadOutcome | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
-        if result in ("ok", "fallback"):
+        if result.loaded:
             self.counts["reloads"] += 1
-        self.counts[result] = self.counts.get(result, 0) + 1
-        win_s, exact, source = window if window is not None else (0.0, True, "none: no reload")
+        self.counts[result.value] = self.counts.get(result.value, 0) + 1
+        win_s, kind, source = window if window is not None else (0.0, WindowKind.NONE, "none: no reload")
         covered = header or self.loaded
-        record: dict[str, Any] = {
-            "backend": backend.name if backend is not None else self.backend_name,
-            "result": result,
-            "reason": reason,
-            "wall_s": round(time.monotonic() - t0, 6),
-            "load_s": round((outcome.end_ns - outcome.start_ns) / 1e9, 6) if outcome else 0.0,
-            "window_s": round(win_s, 6),
-            "window_exact": exact,
-            "window_source": source,
-            "batch": seq,
-            "ranges": len(covered.ram_ranges) if covered else None,
-            "ram_bytes": sum(r.size for r in covered.ram_ranges) if covered else None,
-            "cpus": list(covered.covered_cpus) if covered else (list(snapshot.cpus_online) if snapshot else None),
-            "cpus_online": list(snapshot.cpus_online) if snapshot else None,
-            "header_sha256": header.sha256 if header else None,
-            "diff": diff.describe() if diff else None,
-        }
-        if batch is not None:
-            record["merged"] = batch.merged
-            record["events"] = batch.events
-        if extra:
-            record.update(extra)
-        self.last_reload = dict(record, at=time.time())
-        self.observer.on_record("reload", record)
+        figures = dict(extra or {})
+        record = ReloadRecord(
+            backend=backend.name if backend is not None else self.backend_name,
+            result=result,
+            reason=reason,
+            batch=seq,
+            kdump_correct=self.kdump_correct(),
+            wall_s=time.monotonic() - t0,
+            load_s=(outcome.end_ns - outcome.start_ns) / 1e9 if outcome else 0.0,
+            window_s=win_s,
+            window_kind=kind,
+            window_source=source,
+            ranges=len(covered.ram_ranges) if covered else None,
+            ram_bytes=sum(r.size for r in covered.ram_ranges) if covered else None,
+            cpus=tuple(covered.covered_cpus) if covered else (tuple(snapshot.cpus_online) if snapshot else None),
+            cpus_online=tuple(snapshot.cpus_online) if snapshot else None,
+            header_sha256=header.sha256 if header else None,
+            diff=diff.describe() if diff else None,
+            merged=batch.merged if batch is not None else None,
+            events=batch.events if batch is not None else None,
+            detail=figures.pop("detail", None),
+            attempts=figures.pop("attempts", None),
+            earlier_errors=tuple(figures.pop("earlier_errors", ())),
+            at=time.time(),
+            backend_figures=figures,
+        )
+        self.last_reload = record
+        self.observer.on_record(record)
 
 
 class ReloadFailed(ReloadError):
@@ -493,7 +490,7 @@ def _section(sections: Mapping[str, object], name: str, cls: type[Any]) -> Any:
     return value
 
 
-async def open_updater(sections: Mapping[str, object], observer: Observer, kexec_log: KexecCallLog | None) -> Updater:
+async def open_updater(sections: Mapping[str, object], observer: Observer, kexec_log: KexecCallLog) -> Updater:
     """Choose and set up the backend from the ``[updater]`` and ``[kexec]``
     sections (instances of :class:`UpdaterSettings`, :class:`KexecSettings`;
     missing ones take their defaults).  Reads one snapshot to see what the host
@@ -523,9 +520,7 @@ async def open_updater(sections: Mapping[str, object], observer: Observer, kexec
         command = resolve_kexec_command(kexec)
         cli = KexecCliBackend(command, kexec.timeout)
         if name == "kexec-fast":
-            factory = fastpath_factory()
-            assert factory is not None
-            backend = factory(command, settings)
+            backend = fastpath.create_backend(command, settings)
             fallback = cli
         else:
             backend = cli
@@ -536,11 +531,8 @@ async def open_updater(sections: Mapping[str, object], observer: Observer, kexec
 
 def _fastpath_stager(kexec: KexecSettings, settings: UpdaterSettings) -> tuple[SegmentStager | None, str]:
     """The fast path's segment stager for dry-run, or why there is none (never an error: dry-run loads nothing)."""
-    factory = fastpath_stager_factory()
-    if factory is None:
-        return None, "updater.fastpath has no create_stager()"
     try:
-        return factory(resolve_kexec_command(kexec), settings), ""
+        return fastpath.create_stager(resolve_kexec_command(kexec), settings), ""
     except (KdumpCoalesceError, OSError) as exc:
         return None, str(exc)
 

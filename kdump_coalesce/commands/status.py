@@ -6,8 +6,7 @@ import argparse
 import json
 import os
 
-from updater import UpdaterSettings, read_status
-from updater._status import format_status, status_exit
+from updater import UpdaterSettings, format_status, read_status, status_exit, status_json
 
 from ground.config import load_toml, section_from
 from ._common import DEFAULT_CONFIG, add_config_flag
@@ -48,10 +47,10 @@ def run(args: argparse.Namespace) -> int:
     path = args.config if args.config is not None else (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else "")
     document = load_toml(path) if path else {}
     settings = section_from(UpdaterSettings, "updater", document, path, args)
-    doc = read_status(settings.status_file)
+    status = read_status(settings.status_file)
     if args.json:
-        print(json.dumps(doc, indent=1, sort_keys=True))
+        print(json.dumps(status_json(status), indent=1, sort_keys=True))
     else:
-        for line in format_status(doc):
+        for line in format_status(status):
             print(line)
-    return status_exit(doc)
+    return status_exit(status)

@@ -23,7 +23,7 @@ import trio
 
 from coalescer import BatchRecorder, CoalescerStage, Policy, TraceObserver, run_pipeline
 from ground.observer import FanOut
-from ground.records import Batch
+from ground.records import Batch, KexecCallRecord, NoteRecord, Record
 from probes import SOURCE_SPECS, open_sources
 from ground.kexec_log import KexecCall, KexecCallLog
 from ground.events import EventsLost, HotplugEvent, Kind, SourceItem
@@ -132,7 +132,7 @@ class Stats:
     def on_batch(self, batch: Batch) -> None:
         self.batches.append(batch)
 
-    def on_record(self, kind: str, fields: Mapping[str, Any]) -> None:
+    def on_record(self, record: Record) -> None:
         return None
 
     def rates(self) -> dict[tuple[str, str], float]:
@@ -157,9 +157,9 @@ class PlainPrinter:
     def on_batch(self, batch: Batch) -> None:
         self._write(batch.describe())
 
-    def on_record(self, kind: str, fields: Mapping[str, Any]) -> None:
-        if kind == "note":
-            self._write(f"note {fields.get('text', '')}")
+    def on_record(self, record: Record) -> None:
+        if isinstance(record, NoteRecord):
+            self._write(f"note {record.text}")
 
 
 # -- the live view -----------------------------------------------------------
@@ -290,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ConfigError(args.output, f"cannot write trace: {exc.strerror}") from exc
         for note in selection.notes:
-            writer.observation("note", {"text": note})
+            writer.observation(NoteRecord(note))
         observer.add(TraceObserver(writer, clock=trio.current_time))
 
     recorder = BatchRecorder()
@@ -366,16 +366,20 @@ async def _kexec_calls(log: KexecCallLog, plain: bool, observer: FanOut) -> None
         calls = log.calls()
         # The log is bounded: once full, every append is one new call.
         for call in calls[seen:] if seen < len(calls) else calls[-1:]:
-            record = {
-                "syscall": call.syscall,
-                "pid": call.pid,
-                "comm": call.comm,
-                "flags": call.flags,
-                "enter_ns": call.enter_ns,
-                "exit_ns": call.exit_ns,
-                "ret": call.ret,
-            }
-            observer.on_record("reload", {"observed": "kexec syscall", **record})
+            # trace loads nothing itself: every call it sees is someone else's.
+            observer.on_record(
+                KexecCallRecord(
+                    external=True,
+                    syscall=call.syscall,
+                    pid=call.pid,
+                    comm=call.comm,
+                    flags=call.flags,
+                    ret=call.ret,
+                    window_s=call.window_s,
+                    enter_ns=call.enter_ns,
+                    exit_ns=call.exit_ns,
+                )
+            )
             if plain:
                 print(kexec_line(call), flush=True)
         seen = len(calls)

@@ -7,15 +7,16 @@ import io
 import json
 import logging
 
+from ground.records import ErrorRecord, KexecCallRecord
 from kdump_coalesce._log import LogObserver, bridge_logging
 
 
 def test_error_and_external_kexec_records() -> None:
     out = io.StringIO()
     log = LogObserver(out, fmt="text")
-    log.on_record("error", {"stage": "updater", "batch": 4, "message": "reload failed: EBUSY: kdump may be stale", "kdump_loaded": True})
-    log.on_record("kexec-call", {"external": True, "syscall": "kexec_load", "pid": 77, "comm": "kexec", "window_s": 0.4})
-    log.on_record("kexec-call", {"external": False, "syscall": "kexec_load"})
+    log.on_record(ErrorRecord(stage="updater", batch=4, message="reload failed: EBUSY: kdump may be stale", kdump_loaded=True))
+    log.on_record(KexecCallRecord(external=True, syscall="kexec_load", pid=77, comm="kexec", flags=0x3E0001, ret=0, window_s=0.4))
+    log.on_record(KexecCallRecord(external=False, syscall="kexec_load", pid=78, comm="python3", flags=0x3E0001, ret=0, window_s=0.1))
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("<3>reload failed: EBUSY: kdump may be stale ") and "stage=updater" in lines[0]

@@ -16,6 +16,8 @@ import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from ground.records import DaemonStatus, ErrorRecord, KexecCallRecord, ReloadRecord, ReloadResult, WindowKind
+from tests.fixtures.doubles import updater_status
 from coalescer import BatchBuilder, Policy
 from ground.observer import FanOut
 from ground.records import Batch
@@ -71,15 +73,15 @@ def _feed(m: MetricsObserver) -> None:
     m.on_item(EventsLost(10, "uevent", count=5, reason="ENOBUFS"))
     m.on_item(EventsLost(11, "bpf"))
     m.on_batch(_batch())
-    m.on_record("status", {"state": "ready", "updater": {"backend": "kexec", "kdump_correct": True}})
-    m.on_record("reload", {"backend": "kexec", "result": "ok", "wall_s": 0.8, "window_s": 0.3, "window_exact": True,
-                           "window_source": "bpf: kexec_load", "batch": 1, "ranges": 4, "cpus": [0, 1], "ram_bytes": 5 << 30})
-    m.on_record("reload", {"backend": "kexec", "result": "failed", "wall_s": 2.0, "window_s": 1.5, "window_exact": False,
-                           "window_source": "bounded by the loader's lifetime", "batch": 2})
-    m.on_record("reload", {"backend": "kexec", "result": "skipped", "wall_s": 0.001, "window_s": 0.0, "window_source": "none: no reload"})
-    m.on_record("error", {"stage": "updater", "message": "boom"})
-    m.on_record("kexec-call", {"external": True, "syscall": "kexec_load"})
-    m.on_record("kexec-call", {"external": False})
+    m.on_record(DaemonStatus("ready", updater_status("kexec", kdump_correct=True)))
+    m.on_record(ReloadRecord(backend="kexec", result=ReloadResult.OK, reason="batch 1", batch=1, kdump_correct=True, wall_s=0.8,
+                             window_s=0.3, window_kind=WindowKind.BPF, window_source="bpf: kexec_load", ranges=4, cpus=(0, 1), ram_bytes=5 << 30))
+    m.on_record(ReloadRecord(backend="kexec", result=ReloadResult.FAILED, reason="boom", batch=2, kdump_correct=False, wall_s=2.0,
+                             window_s=1.5, window_kind=WindowKind.LOADER_LIFETIME, window_source="bounded by the loader's lifetime"))
+    m.on_record(ReloadRecord(backend="kexec", result=ReloadResult.SKIPPED, reason="header unchanged", batch=3, kdump_correct=False, wall_s=0.001))
+    m.on_record(ErrorRecord(stage="updater", message="boom"))
+    m.on_record(KexecCallRecord(external=True, syscall="kexec_load", pid=77, comm="kexec", flags=1, ret=0, window_s=0.2))
+    m.on_record(KexecCallRecord(external=False, syscall="kexec_load", pid=78, comm="python3", flags=1, ret=0, window_s=0.2))
 
 
 def test_exposition_parses_and_counts(tmp_path: Path) -> None:
@@ -146,9 +148,10 @@ def test_unknown_is_nan_not_zero(tmp_path: Path) -> None:
 
 def test_mode_follows_the_backend() -> None:
     m = MetricsObserver()
-    m.on_record("status", {"state": "ready", "updater": {"backend": "kernel"}})
+    m.on_record(DaemonStatus("ready", updater_status("kernel")))
     assert value(parse(m.render()), "kdump_coalesce_mode", mode="kernel") == 1
-    m.on_record("reload", {"backend": "kexec", "result": "fallback", "wall_s": 1.0, "window_s": 0.5, "window_source": "bpf"})
+    m.on_record(ReloadRecord(backend="kexec", result=ReloadResult.FALLBACK, reason="crash_hotplug reads 0", batch=1, kdump_correct=True,
+                             wall_s=1.0, window_s=0.5, window_kind=WindowKind.BPF, window_source="bpf"))
     f = parse(m.render())
     assert value(f, "kdump_coalesce_mode", mode="kexec") == 1 and value(f, "kdump_coalesce_mode", mode="kernel") == 0
 

@@ -11,6 +11,8 @@ import pytest
 import trio
 import trio.testing
 
+from ground.records import DaemonStatus, ErrorRecord, ReloadRecord, ReloadResult, WindowKind
+from tests.fixtures.doubles import updater_status
 from coalescer import BatchBuilder, Policy
 from ground.observer import FanOut
 from kdump_coalesce._log import LogObserver
@@ -114,11 +116,12 @@ def _batch() -> object:
 def test_observer_message_sequence(receiver: Receiver) -> None:
     notifier = Notifier(receiver.env_value)
     obs = NotifyObserver(notifier)
-    obs.on_record("status", {"state": "ready", "updater": {"backend": "kexec"}})
+    obs.on_record(DaemonStatus("ready", updater_status("kexec")))
     obs.on_batch(_batch())  # type: ignore[arg-type]
-    obs.on_record("reload", {"backend": "kexec", "result": "ok", "wall_s": 0.5, "window_s": 0.25, "window_exact": True, "batch": 3})
-    obs.on_record("error", {"stage": "updater", "message": "reload failed: boom"})
-    obs.on_record("status", {"state": "stopping"})
+    obs.on_record(ReloadRecord(backend="kexec", result=ReloadResult.OK, reason="batch 3", batch=3, kdump_correct=True, wall_s=0.5,
+                               window_s=0.25, window_kind=WindowKind.BPF, window_source="bpf: kexec_load"))
+    obs.on_record(ErrorRecord(stage="updater", message="reload failed: boom"))
+    obs.on_record(DaemonStatus("stopping", updater_status("")))
     ready, batch, reload, error, stopping = receiver.messages()
     assert ready.splitlines() == ["READY=1", "STATUS=ready (backend kexec)"]
     assert batch.startswith("STATUS=ready (backend kexec); batch 3: 3 event(s), quiet cpus_online=2")

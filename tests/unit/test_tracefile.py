@@ -7,6 +7,7 @@ import pytest
 
 from ground.errors import TraceFormatError
 from ground.events import Action, EventsLost, HotplugEvent, Kind
+from ground.records import NoteRecord
 from ground.tracefile import TraceHeader, TraceReader, open_trace_for_writing
 
 HEADER = TraceHeader(host="h", kernel="6.1.0", block_size=128 << 20, created=0.0)
@@ -16,7 +17,7 @@ def write(path: Path, items: list[HotplugEvent | EventsLost]) -> None:
     w = open_trace_for_writing(str(path), HEADER)
     for it in items:
         w.item(it)
-    w.observation("batch", {"seq": 1})
+    w.observation(NoteRecord("written by the test"))
     w.close()
 
 

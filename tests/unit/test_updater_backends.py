@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import trio
 
+from tests.fixtures.doubles import RecordingObserver
 from ground.records import Batch
 from kdump_coalesce.cli import main as cli_main
 from ground.errors import ConfigError
@@ -48,22 +49,7 @@ OFFLINE = HOST / "live-6.18-cpu1-offline"
 DISTRO = HOST / "distro"
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.records: list[tuple[str, dict[str, Any]]] = []
-
-    def on_item(self, item: SourceItem) -> None:
-        pass
-
-    def on_batch(self, batch: Batch) -> None:
-        pass
-
-    def on_record(self, kind: str, fields: Mapping[str, Any]) -> None:
-        self.records.append((kind, dict(fields)))
-
-    def reloads(self) -> list[dict[str, Any]]:
-        return [f for k, f in self.records if k == "reload"]
-
+Recorder = RecordingObserver
 
 def batch(seq: int, **kw: Any) -> Batch:
     base: dict[str, Any] = dict(
@@ -210,7 +196,7 @@ def kexec_updater(tmp_path: Path, fail_times: int, snapshots: list[SystemSnapsho
     settings = UpdaterSettings(status_file=str(tmp_path / "status.json"), retry_delay=0.0)
     recorder = Recorder()
     feed = iter(snapshots)
-    updater = Updater(settings, "kexec", "requested", KexecCliBackend(cmd, timeout=5), recorder, kexec_log, reader=lambda root: next(feed))
+    updater = Updater(settings, "kexec", "requested", KexecCliBackend(cmd, timeout=5), recorder, kexec_log or KexecCallLog(), reader=lambda root: next(feed))
     return updater, recorder, log
 
 
@@ -290,7 +276,7 @@ async def test_dry_run_stages_one_load_per_changed_header(tmp_path: Path) -> Non
     settings = UpdaterSettings(status_file=str(tmp_path / "status.json"), staging_dir=str(staging), cpu_notes="online", keep_staged=2)
     snaps = iter([read_snapshot(str(LIVE)), read_snapshot(str(OFFLINE)), read_snapshot(str(LIVE)), read_snapshot(str(LIVE))])
     recorder = Recorder()
-    updater = Updater(settings, "dry-run", "this kernel cannot kexec", DryRunBackend(str(staging), 2, "why"), recorder, None, reader=lambda root: next(snaps))
+    updater = Updater(settings, "dry-run", "this kernel cannot kexec", DryRunBackend(str(staging), 2, "why"), recorder, KexecCallLog(), reader=lambda root: next(snaps))
     await updater.reconcile()
     manifest = json.loads((staging / "current/manifest.json").read_text())
     assert manifest["cpus"] == [0, 1] and manifest["batch"] == 0
@@ -318,7 +304,7 @@ async def test_present_cpu_notes_skip_cpu_offline(tmp_path: Path) -> None:
     settings = UpdaterSettings(status_file=str(tmp_path / "status.json"), staging_dir=str(staging))
     snaps = iter([read_snapshot(str(LIVE)), read_snapshot(str(OFFLINE))])
     recorder = Recorder()
-    updater = Updater(settings, "dry-run", "why", DryRunBackend(str(staging), 8), recorder, None, reader=lambda root: next(snaps))
+    updater = Updater(settings, "dry-run", "why", DryRunBackend(str(staging), 8), recorder, KexecCallLog(), reader=lambda root: next(snaps))
     await updater.reconcile()
     await updater.consume(batch(1, cpus_offline=(1,)))
     rec = recorder.reloads()[-1]
@@ -330,7 +316,7 @@ async def test_open_updater_on_this_host_tree(tmp_path: Path, capsys: pytest.Cap
         "updater": UpdaterSettings(snapshot_root=str(LIVE), status_file=str(tmp_path / "s.json"), staging_dir=str(tmp_path / "st")),
         "kexec": KexecSettings(),
     }
-    updater = await open_updater(sections, Recorder(), None)
+    updater = await open_updater(sections, Recorder(), KexecCallLog())
     assert updater.describe() == "dry-run: this kernel cannot kexec (no /sys/kernel/kexec_crash_loaded)"
     await updater.reconcile()
     await updater.aclose()
@@ -340,7 +326,7 @@ async def test_open_updater_on_this_host_tree(tmp_path: Path, capsys: pytest.Cap
     out = json.loads(capsys.readouterr().out)
     assert out["backend"] == "dry-run" and out["kdump_loaded"] is None
     with pytest.raises(BackendUnavailableError):
-        await open_updater({"updater": dataclasses.replace(sections["updater"], backend="kexec")}, Recorder(), None)  # type: ignore[arg-type]
+        await open_updater({"updater": dataclasses.replace(sections["updater"], backend="kexec")}, Recorder(), KexecCallLog())  # type: ignore[arg-type]
 
 
 async def test_kernel_mode_stands_aside_then_falls_back(tmp_path: Path) -> None:
@@ -351,7 +337,7 @@ async def test_kernel_mode_stands_aside_then_falls_back(tmp_path: Path) -> None:
     settings = UpdaterSettings(snapshot_root=str(root), status_file=str(tmp_path / "s.json"), staging_dir=str(staging))
     snap = read_snapshot(str(LIVE))
     recorder = Recorder()
-    updater = Updater(settings, "kernel", "crash_hotplug reads 1", None, recorder, None,
+    updater = Updater(settings, "kernel", "crash_hotplug reads 1", None, recorder, KexecCallLog(),
                       fallback=DryRunBackend(str(staging), 8), reader=lambda r: snap)
     await updater.reconcile()
     await updater.consume(batch(1, cpus_offline=(1,)))
