@@ -153,10 +153,13 @@ def test_config_values_apply_and_flags_override(capsys: pytest.CaptureFixture[st
     for ev in build_scenario("resize:4G:6G:dimm=1G:dimm_gap=1s").events:
         w.item(ev)
     w.close()
-    cfg.write_text("[coalescer]\nquiet = 0.002\nmax-delay = 1.0\n")
-    assert len(replay_json(capsys, str(trace), "--speed", "100", "--config", str(cfg))) == 2
-    # the flag overrides the file: a 0.5 s quiet swallows the 10 ms gap
-    assert len(replay_json(capsys, str(trace), "--speed", "100", "--config", str(cfg), "--quiet", "0.5")) == 1
+    # At 10x the blocks of a DIMM are 1 ms apart and the DIMMs 100 ms: a 30 ms
+    # quiet splits the DIMMs with a wide margin on either side (a 2 ms quiet at
+    # 100x split a DIMM whenever the machine was busy).
+    cfg.write_text("[coalescer]\nquiet = 0.03\nmax-delay = 1.0\n")
+    assert len(replay_json(capsys, str(trace), "--speed", "10", "--config", str(cfg))) == 2
+    # the flag overrides the file: a 0.5 s quiet swallows the 100 ms gap
+    assert len(replay_json(capsys, str(trace), "--speed", "10", "--config", str(cfg), "--quiet", "0.5")) == 1
 
 
 def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
