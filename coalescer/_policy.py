@@ -46,10 +46,10 @@ from ground.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    quiet: float = option(1.0, flag="--quiet", help="close a batch after this many seconds without an event")
-    max_delay: float = option(30.0, flag="--max-delay", help="close a batch at most this many seconds after its first event")
-    urgent_quiet: float = option(1.0, flag="--urgent-quiet", help="quiet period once a batch holds an offline/remove")
-    urgent_max_delay: float = option(5.0, flag="--urgent-max-delay", help="max delay once a batch holds an offline/remove")
+    quiet: float = option(1.0, cli=True, help="close a batch after this many seconds without an event")
+    max_delay: float = option(30.0, cli=True, help="close a batch at most this many seconds after its first event")
+    urgent_quiet: float = option(1.0, cli=True, help="quiet period once a batch holds an offline/remove")
+    urgent_max_delay: float = option(5.0, cli=True, help="max delay once a batch holds an offline/remove")
     channel_size: int = option(4096, help="capacity of the bounded channel from the sources (backpressure beyond it)")
     dedup_window: float = option(2.0, help="seconds within which the same change from two sources counts once")
 

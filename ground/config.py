@@ -2,11 +2,14 @@
 
 Each stage declares its own section as a frozen dataclass (the coalescer's
 ``Policy``, the updater's settings, ...).  Every field is a config key; a field
-whose metadata has ``flag`` is also a command-line option of ``run`` (and of
+declared with ``cli=True`` is also a command-line option of ``run`` (and of
 any command that asks for the section), so the file and the flags can never
-drift apart.  Field metadata:
+drift apart.  The stage says *whether* a key is a flag; the command line that
+adds the section says how it is spelled (``--KEY``, or ``--PREFIX-KEY`` for a
+section added with a prefix, as ``run`` does for ``[kexec]`` and
+``[metrics]``).  Field metadata:
 
-- ``flag``: the option, e.g. ``"--quiet"``;
+- ``cli``: the key is also a flag;
 - ``help``: one line for ``--help`` and the docs;
 - ``choices``: allowed values of a ``str`` field.
 
@@ -29,11 +32,11 @@ from .errors import ConfigError
 T = TypeVar("T")
 
 
-def option(default: Any, *, flag: str | None = None, help: str = "", choices: Iterable[str] | None = None) -> Any:
-    """A dataclass field that is a config key (and a flag when ``flag`` is set)."""
+def option(default: Any, *, cli: bool = False, help: str = "", choices: Iterable[str] | None = None) -> Any:
+    """A dataclass field that is a config key (and a command-line flag with ``cli=True``)."""
     meta: dict[str, Any] = {"help": help}
-    if flag:
-        meta["flag"] = flag
+    if cli:
+        meta["cli"] = True
     if choices is not None:
         meta["choices"] = tuple(choices)
     if isinstance(default, (list, dict, set)):
@@ -144,14 +147,20 @@ def _parse_flag_value(annotation: Any) -> Any:
     raise TypeError(f"no flag parser for {annotation}")
 
 
-def add_section_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, section: str, cls: type[Any]) -> None:
-    """Add one option per flagged field of ``cls``; the parsed value lands in
-    ``args.<section>__<field>`` (``None`` when the flag was not given)."""
+def flag_of(key: str, prefix: str = "") -> str:
+    """The command-line spelling of config key ``key`` (a field name)."""
+    return f"--{prefix}{key.replace('_', '-')}"
+
+
+def add_section_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, section: str, cls: type[Any], prefix: str = "") -> None:
+    """Add one option per ``cli`` field of ``cls``, spelled ``--PREFIXKEY``;
+    the parsed value lands in ``args.<section>__<field>`` (``None`` when the
+    flag was not given)."""
     hints = _field_types(cls)
     for f in dataclasses.fields(cls):
-        flag = f.metadata.get("flag")
-        if not flag:
+        if not f.metadata.get("cli"):
             continue
+        flag = flag_of(f.name, prefix)
         dest = f"{section}__{f.name}"
         help_text = f.metadata.get("help", "")
         default_text = f"(config [{section}] {f.name.replace('_', '-')}; default {f.default!r})"

@@ -104,12 +104,12 @@ def parse_listen(value: str) -> tuple[str, int] | None:
 class MetricsSettings:
     textfile: str = option(
         DEFAULT_TEXTFILE,
-        flag="--metrics-textfile",
+        cli=True,
         help="Prometheus textfile for node_exporter's textfile collector, written atomically ('' disables; "
         "skipped with a warning when its directory does not exist)",
     )
     textfile_interval: float = option(15.0, help="rewrite the textfile at least this often (seconds), even when nothing happens")
-    listen: str = option("", flag="--metrics-listen", help="serve /metrics over HTTP on PORT or 127.0.0.1:PORT (loopback only; '' disables)")
+    listen: str = option("", cli=True, help="serve /metrics over HTTP on PORT or 127.0.0.1:PORT (loopback only; '' disables)")
 
     def __post_init__(self) -> None:
         if self.textfile and not self.textfile.endswith(".prom"):

@@ -34,10 +34,10 @@ from ground.config import option
 
 @dataclass(frozen=True, slots=True)
 class DaemonSettings:
-    source: str = option("auto", flag="--source", help=f"event source: {SOURCE_SPECS}")
-    trace_file: str = option("", flag="--trace-file", help="write every event, batch and reload to this trace file")
-    speed: float = option(0.0, flag="--speed", help="replay:/scenario: sources: pace at N x recorded speed (0: as fast as possible)")
-    log_format: str = option("text", flag="--log-format", choices=LOG_FORMATS, help="stderr log lines as text or JSON")
+    source: str = option("auto", cli=True, help=f"event source: {SOURCE_SPECS}")
+    trace_file: str = option("", cli=True, help="write every event, batch and reload to this trace file")
+    speed: float = option(0.0, cli=True, help="replay:/scenario: sources: pace at N x recorded speed (0: as fast as possible)")
+    log_format: str = option("text", cli=True, choices=LOG_FORMATS, help="stderr log lines as text or JSON")
 
 
 class Updater(Protocol):

@@ -23,29 +23,29 @@ FAST_VERIFY_CHOICES = ("first-full", "always-full")
 class UpdaterSettings:
     backend: str = option(
         "auto",
-        flag="--backend",
+        cli=True,
         choices=BACKENDS,
         help="how to keep the crash kernel's elfcorehdr current; auto: kernel if it updates the header itself, "
         "else kexec-fast/kexec, else dry-run on a kernel that cannot kexec",
     )
     staging_dir: str = option(
-        "/var/lib/kdump-coalesce/staging", flag="--staging-dir", help="where dry-run stages headers and manifests"
+        "/var/lib/kdump-coalesce/staging", cli=True, help="where dry-run stages headers and manifests"
     )
-    status_file: str = option("/run/kdump-coalesce/status.json", flag="--status-file", help="JSON status that 'status' reads")
+    status_file: str = option("/run/kdump-coalesce/status.json", cli=True, help="JSON status that 'status' reads")
     cpu_notes: str = option(
         "auto",
-        flag="--cpu-notes",
+        cli=True,
         choices=("auto", *CPU_NOTE_CHOICES),
         help="one PT_NOTE per present/possible/online CPU; auto follows the loader "
         "(present for kexec_load, possible for kexec_file_load)",
     )
     low_1m: str = option(
-        "auto", flag="--low-1m", choices=("auto", "keep", "cut"), help="dump the low 1 MiB (keep) or not (cut); auto follows the loader"
+        "auto", cli=True, choices=("auto", "keep", "cut"), help="dump the low 1 MiB (keep) or not (cut); auto follows the loader"
     )
     driver_managed: bool = option(
         True, help="dump driver-managed RAM ('System RAM (kmem)', '(virtio_mem)'); kexec-tools 2.0.25 leaves it out"
     )
-    headroom_ranges: int = option(64, flag="--headroom-ranges", help="spare program headers in the elfcorehdr segment for hot-added ranges")
+    headroom_ranges: int = option(64, cli=True, help="spare program headers in the elfcorehdr segment for hot-added ranges")
     headroom_cpus: int = option(8, help="spare program headers in the elfcorehdr segment for hot-added CPUs")
     keep_staged: int = option(8, help="how many staged dry-run loads to keep")
     retry_delay: float = option(0.5, help="seconds before the one retry of a failed reload")
@@ -78,16 +78,16 @@ class KexecSettings:
     """The crash kernel to load.  Unset values come from the distro's kdump
     configuration (``distro``), then from kexec-tools' own defaults."""
 
-    binary: str = option("", flag="--kexec-binary", help="kexec-tools binary (default: kexec on PATH, /sbin/kexec)")
-    kernel: str = option("", flag="--kexec-kernel", help="capture kernel image (default: the distro's)")
-    initrd: str = option("", flag="--kexec-initrd", help="capture initrd (default: the distro's)")
-    cmdline: str = option("", flag="--kexec-cmdline", help="capture kernel command line (default: the distro's, or /proc/cmdline cleaned)")
-    append: str = option("", flag="--kexec-append", help="appended to the command line")
+    binary: str = option("", cli=True, help="kexec-tools binary (default: kexec on PATH, /sbin/kexec)")
+    kernel: str = option("", cli=True, help="capture kernel image (default: the distro's)")
+    initrd: str = option("", cli=True, help="capture initrd (default: the distro's)")
+    cmdline: str = option("", cli=True, help="capture kernel command line (default: the distro's, or /proc/cmdline cleaned)")
+    append: str = option("", cli=True, help="appended to the command line")
     load_path: str = option(
-        "auto", flag="--kexec-load-path", choices=LOAD_PATHS, help="kexec_load (kexec -p) or kexec_file_load (kexec -s -p); auto: the distro's"
+        "auto", cli=True, choices=LOAD_PATHS, help="kexec_load (kexec -p) or kexec_file_load (kexec -s -p); auto: the distro's"
     )
     extra_args: tuple[str, ...] = option((), help="more kexec arguments, e.g. ['--reuse-cmdline']")
-    distro: str = option("auto", flag="--kexec-distro", choices=DISTROS, help="read the kernel, initrd and command line from this distro's kdump config")
+    distro: str = option("auto", cli=True, choices=DISTROS, help="read the kernel, initrd and command line from this distro's kdump config")
     timeout: float = option(60.0, help="seconds before a kexec run is killed and counted as failed")
 
     def __post_init__(self) -> None:

@@ -17,10 +17,10 @@ from ground.tracefile import TraceHeader, open_trace_for_writing
 
 from .. import ops
 from .._log import LogObserver
-from ground.config import add_section_flags, section_from
+from ground.config import section_from
 from ..daemon import Daemon, DaemonSettings, Updater, settings_sections
 from ground.errors import EXIT_OK, ConfigError
-from ._common import add_config_flag, read_config
+from ._common import add_config_flag, add_flags_of, read_config
 
 NAME = "run"
 ORDER = 10
@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_config_flag(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log every event (debug priority)")
     for section, cls in SECTIONS.items():
-        add_section_flags(p.add_argument_group(f"[{section}] in the config file"), section, cls)
+        add_flags_of(p.add_argument_group(f"[{section}] in the config file"), section, cls)
     p.set_defaults(func=run)
 
 

@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from tests.fixtures.doubles import RecordingObserver
+from kdump_coalesce.commands._common import section_flag
 from ground.records import Batch
 from kdump_coalesce.cli import main as cli_main
 from ground.errors import ConfigError
@@ -99,7 +100,7 @@ def test_explicit_backend_unavailable(requested: str) -> None:
 def test_sections_are_config_dataclasses() -> None:
     assert set(SECTIONS) == {"updater", "kexec"}
     assert SECTIONS["updater"] is UpdaterSettings
-    flags = {f.metadata.get("flag") for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+    flags = {section_flag(section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.metadata.get("cli")}
     assert {"--backend", "--staging-dir", "--status-file", "--kexec-binary", "--kexec-kernel", "--kexec-initrd",
             "--kexec-cmdline", "--kexec-append", "--kexec-load-path"} <= flags
     with pytest.raises(ConfigError):
