@@ -79,10 +79,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
-def usage_error(message: str) -> int:
-    print(f"kdump-coalesce: error: {message}", file=sys.stderr)
-    return EXIT_BAD_INPUT
-
-
 if __name__ == "__main__":
     sys.exit(main())
