@@ -1,11 +1,21 @@
 """Two live sources, one change.
 
-With ``--source auto`` the same CPU going online can be seen by the cpuhp
-tracepoint (BPF) and by the netlink uevent.  The coalescer must count it once,
-or a duplicated ``offline`` after an ``online`` would cancel wrongly.  An item
-is a duplicate when an item with the same kind, action and target arrived
-from a *different* source within ``window`` seconds (arrival time, one clock
-for all sources).  A repeat from the same source is a real repeat.
+Under ``--source auto`` and ``--source bpf`` a memory add or remove is
+followed twice on purpose (probes/_coverage.py): by BPF on
+``add_memory_resource``/``try_remove_memory`` and by the block's netlink
+``add``/``remove`` uevent, which is opened in every configuration so that a
+removal is seen even on a path the function probe misses.  Where both see
+it, the coalescer must count it once: a duplicated ``remove`` arriving after
+the block was added back would cancel that add in the batch's net change.
+The BPF source cuts each add/remove into memory blocks, as the uevents come,
+so both copies of one block carry the same range.
+
+An item is a duplicate when an item with the same kind, action, target and
+outcome arrived from a *different* source within ``window`` seconds (arrival
+time, one clock for all sources).  A repeat from the same source is a real
+repeat.  The outcome is success or failure, not how a source spells success:
+BPF sees a return code and sends 0 as ``ret=None``, uevents have no code
+(``ret=None``); either way ``ret=0`` and ``ret=None`` are the same change.
 """
 
 from __future__ import annotations

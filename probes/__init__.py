@@ -1,19 +1,34 @@
 """Event sources: the kernel's hotplug events as :class:`ground.events.HotplugEvent`.
 
-Sources: BPF (BCC) on the cpuhp tracepoints and the memory hotplug functions,
-netlink uevents, replay of a recorded trace, and synthetic scenarios.
+Sources: BPF (BCC) on the cpuhp tracepoints and the memory hotplug functions
+(online/offline, add/remove), netlink uevents, replay of a recorded trace,
+and synthetic scenarios.  Which source follows which kernel change:
+``_coverage.py`` and docs/probes.md.
 """
 
-from ._bpf import BpfPlan, BpfSource, RecordError, decode_record, plan_program
+from ._bpf import BpfPlan, BpfSource, RecordError, decode_record, per_block, plan_program
 from ._bpf_program import MemoryProbe, ProgramSpec, render
+from ._capabilities import Capability, all_checks, events_covered, run_can_work
+from ._coverage import ALL_CHANGES, GROUPS, UEVENT_ALWAYS, Change
 from ._replay import ReplaySource, replay_scenario, replay_trace
 from ._scenario import SCENARIOS, Scenario, build_scenario
-from ._select import SOURCE_SPECS, SourceSelection, open_sources
+from ._select import SOURCE_SPECS, Coverage, SourceSelection, open_sources, plan_coverage
 from ._source import EventSource
 from ._uevent import Uevent, UeventError, UeventSource, parse_uevent, uevent_to_event
 from ._units import format_size, parse_duration_ns, parse_size
 
 __all__ = [
+    "ALL_CHANGES",
+    "GROUPS",
+    "UEVENT_ALWAYS",
+    "Capability",
+    "Change",
+    "Coverage",
+    "all_checks",
+    "events_covered",
+    "per_block",
+    "plan_coverage",
+    "run_can_work",
     "BpfPlan",
     "BpfSource",
     "MemoryProbe",

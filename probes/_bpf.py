@@ -35,6 +35,8 @@ from . import _sysfs
 from ._bpf_program import (
     KEXEC_SYSCALLS,
     MEMORY_FUNCS,
+    MIN_PARAMS,
+    PRESENCE_FUNCS,
     RECORD,
     KexecSyscall,
     MemoryProbe,
@@ -42,7 +44,9 @@ from ._bpf_program import (
     RecordType,
     render,
 )
+from ._btf import Btf
 from ._bpf_syscall import probe_fentry, probe_kprobe, probe_raw_tracepoint
+from ._coverage import CPU_ONLINE_OFFLINE, MEMORY_ADD_REMOVE, MEMORY_ONLINE_OFFLINE, Change
 from ground.events import Action, EventsLost, HotplugEvent, Kind, SourceItem
 from ground.kexec_log import KexecCall, KexecCallLog
 
@@ -62,7 +66,11 @@ _MEMORY_ACTIONS = {
     RecordType.MEM_ONLINE: Action.ONLINE,
     RecordType.MEM_GOING_OFFLINE: Action.GOING_OFFLINE,
     RecordType.MEM_OFFLINE: Action.OFFLINE,
+    RecordType.MEM_ADD: Action.ADD,
+    RecordType.MEM_REMOVE: Action.REMOVE,
 }
+# Records whose arg0/arg1 are a byte range, not a pfn range.
+_BYTE_RANGES = frozenset({RecordType.MEM_ADD, RecordType.MEM_REMOVE})
 
 
 def decode_record(
@@ -103,8 +111,10 @@ def decode_record(
             ret=ret,
         )
     if arg1 == 0:
-        raise RecordError(f"memory record with nr_pages=0 (pfn {arg0:#x})")
-    start, end = arg0 * page_size, (arg0 + arg1) * page_size
+        what = "length=0 (start" if kind in _BYTE_RANGES else "nr_pages=0 (pfn"
+        raise RecordError(f"memory record with {what} {arg0:#x})")
+    unit = 1 if kind in _BYTE_RANGES else page_size
+    start, end = arg0 * unit, (arg0 + arg1) * unit
     if block_size:
         start -= start % block_size
         end += -end % block_size
@@ -112,8 +122,32 @@ def decode_record(
     # A return code of 0 is carried as None, like a source that sees no code
     # (uevents): the same successful change must look the same from both
     # sources for the coalescer's dedup.  Entry probes have no code yet.
-    code = (ret or None) if action in (Action.ONLINE, Action.OFFLINE) else None
+    code = (ret or None) if action in (Action.ONLINE, Action.OFFLINE, Action.ADD, Action.REMOVE) else None
     return HotplugEvent(Kind.MEMORY, action, ts_ns, source, start=start, size=end - start, ret=code)
+
+
+def per_block(event: HotplugEvent, block_size: int | None) -> list[HotplugEvent]:
+    """A successful memory add/remove, one event per memory block.
+
+    ``add_memory_resource``/``try_remove_memory`` see a whole DIMM (or a
+    virtio-mem range) at once, while the kernel sends one ``add``/``remove``
+    uevent per block (``create_memory_block_devices``/
+    ``remove_memory_block_devices``).  Since both sources are opened for
+    these changes, the BPF copy is cut the same way, so that the coalescer's
+    ``Deduplicator`` can match each block with its uevent.  A failure (a
+    refused removal) has no uevent and stays one event."""
+    if (
+        event.kind is not Kind.MEMORY
+        or event.action not in (Action.ADD, Action.REMOVE)
+        or event.failed
+        or not block_size
+        or event.size <= block_size
+    ):
+        return [event]
+    return [
+        HotplugEvent(event.kind, event.action, event.ts_ns, event.source, start=start, size=block_size, ret=event.ret)
+        for start in range(event.start, event.start + event.size, block_size)
+    ]
 
 
 # -- planning (what this kernel accepts) --------------------------------------
@@ -123,7 +157,8 @@ def decode_record(
 class BpfPlan:
     spec: ProgramSpec
     notes: list[str] = field(default_factory=list)
-    memory_reason: str = ""  # why memory is not probed, when it is not
+    memory_reason: str = ""  # why memory online/offline is not probed, when it is not
+    presence_reason: str = ""  # why memory add/remove is not probed, when it is not
 
     @property
     def probes_cpu(self) -> bool:
@@ -131,7 +166,25 @@ class BpfPlan:
 
     @property
     def probes_memory(self) -> bool:
+        """Memory online/offline (``online_pages``/``offline_pages``)."""
         return self.spec.memory is not MemoryProbe.NONE
+
+    @property
+    def probes_presence(self) -> bool:
+        """Memory add/remove (``add_memory_resource``/``try_remove_memory``)."""
+        return self.spec.presence is not MemoryProbe.NONE
+
+    @property
+    def changes(self) -> frozenset[Change]:
+        """The kernel changes this program follows."""
+        covered: frozenset[Change] = frozenset()
+        if self.probes_cpu:
+            covered |= CPU_ONLINE_OFFLINE
+        if self.probes_memory:
+            covered |= MEMORY_ONLINE_OFFLINE
+        if self.probes_presence:
+            covered |= MEMORY_ADD_REMOVE
+        return covered
 
     @property
     def probes_kexec(self) -> bool:
@@ -168,31 +221,21 @@ def plan_program(
                 f"bpf: cpu: raw tracepoint cpuhp_exit (CPUHP_ONLINE={states.online}, "
                 f"CPUHP_TEARDOWN_CPU={states.teardown} from {states.origin})"
             )
-    memory = MemoryProbe.NONE
+    memory = presence = MemoryProbe.NONE
     params: dict[str, int] = {}
-    memory_reason = ""
+    memory_reason = presence_reason = ""
     if want_memory:
-        tried: list[str] = []
-        counts = {f: btf.func_param_count(f) if btf is not None else None for f in MEMORY_FUNCS}
-        fentry = [probe_fentry(f, btf.func_id(f) if btf is not None else None) for f in MEMORY_FUNCS]
-        if btf is None:
-            tried.append("fentry: no vmlinux BTF")
-        elif all(fentry) and all(c is not None and c >= 2 for c in counts.values()):
-            memory = MemoryProbe.FENTRY
-            params = {f: c for f, c in counts.items() if c is not None}
-        else:
-            tried.append("fentry: " + "; ".join(r.detail for r in fentry if not r))
-        if memory is MemoryProbe.NONE:
-            kprobes = [probe_kprobe(f) for f in MEMORY_FUNCS]
-            if all(kprobes):
-                memory = MemoryProbe.KPROBE
+        memory, memory_params, memory_reason = plan_functions(MEMORY_FUNCS, btf)
+        presence, presence_params, presence_reason = plan_functions(PRESENCE_FUNCS, btf)
+        params = {**memory_params, **presence_params}
+        for what, probe, funcs, why, how in (
+            ("memory online/offline", memory, MEMORY_FUNCS, memory_reason, "entry and return"),
+            ("memory add/remove", presence, PRESENCE_FUNCS, presence_reason, "return"),
+        ):
+            if probe is MemoryProbe.NONE:
+                notes.append(f"bpf: {what}: unavailable: {why}")
             else:
-                tried.append("kprobe: " + "; ".join(dict.fromkeys(r.detail for r in kprobes if not r)))
-        if memory is MemoryProbe.NONE:
-            memory_reason = f"{MEMORY_UNAVAILABLE} ({'; '.join(tried)})"
-            notes.append(f"bpf: memory: unavailable: {memory_reason}")
-        else:
-            notes.append(f"bpf: memory: {memory} on {' and '.join(MEMORY_FUNCS)} (entry and return)")
+                notes.append(f"bpf: {what}: {probe} on {' and '.join(funcs)} ({how})")
     kexec: tuple[tuple[int, str], ...] = ()
     if want_kexec:
         wanted = kexec_syscalls if kexec_syscalls is not None else tuple((int(v), n) for v, n in KEXEC_SYSCALLS)
@@ -218,11 +261,38 @@ def plan_program(
         cpuhp_online=cpuhp_online,
         cpuhp_teardown=cpuhp_teardown,
         memory=memory,
+        presence=presence,
         memory_params=params,
         kexec_syscalls=kexec,
         ringbuf_pages=ringbuf_pages,
     )
-    return BpfPlan(spec, notes, memory_reason)
+    return BpfPlan(spec, notes, memory_reason, presence_reason)
+
+
+def plan_functions(funcs: tuple[str, ...], btf: Btf | None) -> tuple[MemoryProbe, dict[str, int], str]:
+    """How to probe every one of ``funcs`` (all or none: a half-watched pair
+    is worse than an honest gap), by what this kernel accepts: fentry/fexit
+    when a real load and attach works for each and BTF gives the parameter
+    counts fexit needs, else kprobes when the kprobe PMU exists and each
+    function is in kallsyms, else none.  Returns (probe, parameter counts,
+    why not when none)."""
+    tried: list[str] = []
+    if btf is None:
+        tried.append("fentry: no vmlinux BTF")
+    else:
+        counts = {f: btf.func_param_count(f) for f in funcs}
+        fentry = [probe_fentry(f, btf.func_id(f)) for f in funcs]
+        short = [f for f, c in counts.items() if c is None or c < MIN_PARAMS[f]]
+        if all(fentry) and not short:
+            return MemoryProbe.FENTRY, {f: c for f, c in counts.items() if c is not None}, ""
+        details = [r.detail for r in fentry if not r]
+        details += [f"{f}: parameter count {counts[f]} from BTF" for f in short if all(fentry)]
+        tried.append("fentry: " + "; ".join(details))
+    kprobes = [probe_kprobe(f) for f in funcs]
+    if all(kprobes):
+        return MemoryProbe.KPROBE, {}, ""
+    tried.append("kprobe: " + "; ".join(dict.fromkeys(r.detail for r in kprobes if not r)))
+    return MemoryProbe.NONE, {}, f"{MEMORY_UNAVAILABLE} ({'; '.join(tried)})"
 
 
 # -- BCC ---------------------------------------------------------------------
@@ -311,21 +381,41 @@ class BpfSource:
             self._bpf = None
 
     def _compile_with_fallback(self) -> Any:
-        """Compile the planned program; if the kernel refuses the memory
-        probes at attach time (a kprobe on a function that is notrace or
-        blacklisted, an fexit the verifier rejects), plan without them and
-        say so: the uevent source still covers memory."""
+        """Compile the planned program; if the kernel refuses a memory probe
+        at attach time (a kprobe on a function that is notrace or
+        blacklisted, an fexit the verifier rejects), plan without it and say
+        so: uevents still cover memory.  Add/remove goes first (it is the
+        newer probe, and its uevents are opened in every configuration), then
+        online/offline."""
         try:
             return self._compile(self.text)
         except UnavailableError as exc:
-            if self.plan.spec.memory is MemoryProbe.NONE:
-                raise
-            spec = replace(self.plan.spec, memory=MemoryProbe.NONE, memory_params={})
+            error = exc
+        for drop in ("presence", "memory"):
+            spec = self.plan.spec
+            refused = spec.presence if drop == "presence" else spec.memory
+            if refused is MemoryProbe.NONE:
+                continue
+            if drop == "presence":
+                spec = replace(spec, presence=MemoryProbe.NONE)
+            else:
+                spec = replace(spec, memory=MemoryProbe.NONE)
+            if spec.memory is MemoryProbe.NONE and spec.presence is MemoryProbe.NONE:
+                spec = replace(spec, memory_params={})
             if spec.empty:
-                raise
-            reason = f"{MEMORY_UNAVAILABLE} ({self.plan.spec.memory} refused: {exc.reason})"
-            self.plan = BpfPlan(spec, [*self.plan.notes, f"bpf: memory: unavailable: {reason}"], reason)
-            return self._compile(self.text)
+                break
+            what = "memory add/remove" if drop == "presence" else "memory online/offline"
+            reason = f"{MEMORY_UNAVAILABLE} ({refused} refused: {error.reason})"
+            notes = [*self.plan.notes, f"bpf: {what}: unavailable: {reason}"]
+            if drop == "presence":
+                self.plan = BpfPlan(spec, notes, self.plan.memory_reason, reason)
+            else:
+                self.plan = BpfPlan(spec, notes, reason, self.plan.presence_reason)
+            try:
+                return self._compile(self.text)
+            except UnavailableError as exc:
+                error = exc
+        raise error
 
     def _on_record(self, _ctx: Any, data: Any, size: int) -> int:
         # Runs inside ring_buffer__consume: copy the bytes out, nothing else.
@@ -385,19 +475,6 @@ class BpfSource:
             if self.kexec_log is not None:
                 self.kexec_log.append(item)
             return
-        await send.send(item)
+        for event in per_block(item, self.block_size):
+            await send.send(event)
 
-
-def open_bpf_source(
-    *,
-    kexec_log: KexecCallLog | None,
-    block_size: int | None,
-    want_cpu: bool = True,
-    want_memory: bool = True,
-    want_kexec: bool = True,
-    ringbuf_pages: int = 256,
-) -> BpfSource:
-    if os.geteuid() != 0:
-        raise NeedsRootError("the bpf source (loading BPF programs)")
-    plan = plan_program(want_cpu=want_cpu, want_memory=want_memory, want_kexec=want_kexec, ringbuf_pages=ringbuf_pages)
-    return BpfSource(plan, kexec_log=kexec_log, block_size=block_size)

@@ -39,6 +39,27 @@ What the kernel side does, and why:
   5.12's memory groups, 4 since).  kretprobes do not see the arguments: the
   entry probe keeps them per thread.
 
+- **Memory add/remove: ``add_memory_resource``/``try_remove_memory``
+  return** (mm/memory_hotplug.c), by fexit, else kretprobe, else not at all.
+  These are where the /proc/iomem ``System RAM`` resource the header follows
+  appears and disappears; online/offline change nothing there.
+  ``add_memory_resource(nid, res, mhp_flags)`` is what every add path calls
+  (``__add_memory`` for ACPI, ``add_memory`` for hv_balloon,
+  ``add_memory_driver_managed`` for virtio-mem and dax/kmem, and the Xen
+  balloon directly); the record carries ``res->start`` and the length.
+  ``try_remove_memory(start, size)`` is what every remove path calls
+  (``__remove_memory`` for the ACPI eject, ``remove_memory`` for dax/kmem,
+  ``offline_and_remove_memory`` for virtio-mem) and it releases the resource
+  (``release_mem_region_adjustable``) once its "every block offline" check
+  passed: a return of 0 is a removal, non-zero (-EBUSY) a refusal that changed
+  nothing.  Both are recorded at return only: the return code decides.
+  ``try_remove_memory`` is static; Debian's 6.1 and 6.12 builds keep it out of
+  line (it is in their vmlinux BTF, which pahole fills from ftrace's
+  mcount_loc, so fentry and kprobes can attach).  kretprobes do not see the
+  arguments: the entry probe keeps them per thread, in a map of their own,
+  because ``add_memory_resource`` calls ``online_pages`` (auto-online) on the
+  same thread before it returns.
+
 - **kexec calls: ``syscalls:sys_{enter,exit}_kexec_{load,file_load}``**
   (tracefs syscall events, CONFIG_FTRACE_SYSCALLS), one record per completed
   call with its enter time, so the updater knows the exact window during
@@ -69,6 +90,8 @@ class RecordType(enum.IntEnum):
     MEM_GOING_OFFLINE = 5
     MEM_OFFLINE = 6
     KEXEC_CALL = 7
+    MEM_ADD = 8  # arg0/arg1: start address and length in bytes, not pages
+    MEM_REMOVE = 9
 
 
 class KexecSyscall(enum.IntEnum):
@@ -82,16 +105,21 @@ RECORD_FIELDS: tuple[tuple[str, str, str, str], ...] = (
     # name, C type, struct code, meaning
     ("ts_ns", "u64", "Q", "bpf_ktime_get_ns() (CLOCK_MONOTONIC)"),
     ("type", "u32", "I", "enum kc_record_type"),
-    ("ret", "s32", "i", "return code: cpuhp callback, online_pages/offline_pages, kexec syscall"),
-    ("arg0", "u64", "Q", "cpu | start pfn | kexec flags"),
-    ("arg1", "u64", "Q", "- | nr_pages | kexec enter time (ns)"),
+    ("ret", "s32", "i", "return code: cpuhp callback, memory function, kexec syscall"),
+    ("arg0", "u64", "Q", "cpu | start pfn | start address (add/remove) | kexec flags"),
+    ("arg1", "u64", "Q", "- | nr_pages | length in bytes (add/remove) | kexec enter time (ns)"),
     ("pid", "u32", "I", "tgid of the caller (kexec)"),
     ("syscall", "u32", "I", "enum kc_kexec_syscall (kexec)"),
     ("comm", "char[16]", "16s", "caller's comm (kexec)"),
 )
 RECORD = struct.Struct("<" + "".join(code for _, _, code, _ in RECORD_FIELDS))
 
-MEMORY_FUNCS = ("online_pages", "offline_pages")
+MEMORY_FUNCS = ("online_pages", "offline_pages")  # memory online/offline
+# memory add/remove: where the System RAM resource appears and disappears
+PRESENCE_FUNCS = ("add_memory_resource", "try_remove_memory")
+# fexit finds the return value after the parameters; these are the fewest
+# parameters each function has had (add_memory_resource: nid, res, flags).
+MIN_PARAMS = {"online_pages": 2, "offline_pages": 2, "add_memory_resource": 2, "try_remove_memory": 2}
 KEXEC_SYSCALLS: tuple[tuple[KexecSyscall, str], ...] = (
     (KexecSyscall.KEXEC_LOAD, "kexec_load"),
     (KexecSyscall.KEXEC_FILE_LOAD, "kexec_file_load"),
@@ -110,7 +138,8 @@ class ProgramSpec:
 
     cpuhp_online: int | None = None  # None: no CPU probes
     cpuhp_teardown: int | None = None
-    memory: MemoryProbe = MemoryProbe.NONE
+    memory: MemoryProbe = MemoryProbe.NONE  # online/offline (MEMORY_FUNCS)
+    presence: MemoryProbe = MemoryProbe.NONE  # add/remove (PRESENCE_FUNCS)
     # fexit needs each function's parameter count (from BTF)
     memory_params: dict[str, int] = field(default_factory=dict)
     # (enum value, tracefs syscall event name without sys_enter_/sys_exit_)
@@ -122,14 +151,20 @@ class ProgramSpec:
             raise ValueError(f"ringbuf_pages must be a power of two, got {self.ringbuf_pages}")
         if (self.cpuhp_online is None) != (self.cpuhp_teardown is None):
             raise ValueError("cpuhp_online and cpuhp_teardown go together")
-        if self.memory is MemoryProbe.FENTRY:
-            for func in MEMORY_FUNCS:
-                if self.memory_params.get(func, 0) < 2:
-                    raise ValueError(f"fexit on {func} needs its parameter count (>= 2) from BTF")
+        for probe, funcs in ((self.memory, MEMORY_FUNCS), (self.presence, PRESENCE_FUNCS)):
+            if probe is MemoryProbe.FENTRY:
+                for func in funcs:
+                    if self.memory_params.get(func, 0) < MIN_PARAMS[func]:
+                        raise ValueError(f"fexit on {func} needs its parameter count (>= {MIN_PARAMS[func]}) from BTF")
 
     @property
     def empty(self) -> bool:
-        return self.cpuhp_online is None and self.memory is MemoryProbe.NONE and not self.kexec_syscalls
+        return (
+            self.cpuhp_online is None
+            and self.memory is MemoryProbe.NONE
+            and self.presence is MemoryProbe.NONE
+            and not self.kexec_syscalls
+        )
 
 
 def _record_struct() -> str:
@@ -258,6 +293,87 @@ int kretprobe__{func}(struct pt_regs *ctx)
 }}
 """
 
+# Memory add/remove.  struct resource is read with explicit probe reads at
+# constant offsets (no BCC rewriting of res->start): start and end
+# (inclusive) have been its first two members since the resource tree began.
+_PRESENCE_COMMON = """
+#include <linux/ioport.h>
+
+static __always_inline void kc_resource(struct resource *res, u64 *start, u64 *size)
+{
+    u64 end = 0;
+    bpf_probe_read_kernel(start, sizeof(*start), (char *)res + __builtin_offsetof(struct resource, start));
+    bpf_probe_read_kernel(&end, sizeof(end), (char *)res + __builtin_offsetof(struct resource, end));
+    *size = end >= *start ? end - *start + 1 : 0;
+}
+"""
+
+_PRESENCE_FENTRY = """
+KRETFUNC_PROBE(add_memory_resource, {add_params}, int ret)
+{{
+    u64 start = 0, size = 0;
+    kc_resource(res, &start, &size);
+    kc_memory(KC_MEM_ADD, start, size, ret);
+    return 0;
+}}
+
+KRETFUNC_PROBE(try_remove_memory, {remove_params}, int ret)
+{{
+    kc_memory(KC_MEM_REMOVE, start, size, ret);
+    return 0;
+}}
+"""
+
+# A map of its own: add_memory_resource() onlines the new blocks itself
+# (auto-online) on the same thread, so online_pages' entry probe runs between
+# this entry and its return and must not overwrite what is kept here.
+_PRESENCE_KPROBE = """
+struct kc_presence_args {
+    u64 start;
+    u64 size;
+};
+BPF_HASH(presence_args, u64, struct kc_presence_args, 1024);
+
+static __always_inline void kc_presence_return(u32 type, int ret)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct kc_presence_args *args = presence_args.lookup(&id);
+    if (!args)
+        return;  /* attached while the call was in flight */
+    kc_memory(type, args->start, args->size, ret);
+    presence_args.delete(&id);
+}
+
+int kprobe__add_memory_resource(struct pt_regs *ctx, int nid, struct resource *res)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct kc_presence_args args = {};
+    kc_resource(res, &args.start, &args.size);
+    presence_args.update(&id, &args);
+    return 0;
+}
+
+int kretprobe__add_memory_resource(struct pt_regs *ctx)
+{
+    kc_presence_return(KC_MEM_ADD, (int)PT_REGS_RC(ctx));
+    return 0;
+}
+
+int kprobe__try_remove_memory(struct pt_regs *ctx, u64 start, u64 size)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct kc_presence_args args = { .start = start, .size = size };
+    presence_args.update(&id, &args);
+    return 0;
+}
+
+int kretprobe__try_remove_memory(struct pt_regs *ctx)
+{
+    kc_presence_return(KC_MEM_REMOVE, (int)PT_REGS_RC(ctx));
+    return 0;
+}
+"""
+
 _KEXEC_COMMON = """
 struct kc_kexec_enter {
     u64 ts_ns;
@@ -302,14 +418,23 @@ TRACEPOINT_PROBE(syscalls, sys_exit_{name})
 """
 
 
+def _fexit_params(spec: ProgramSpec, func: str, named: Sequence[str]) -> str:
+    """The parameter list of ``func`` as fexit sees it: the ones the probe
+    reads by name, then one placeholder per further parameter (BTF's count),
+    so that the return value lands where the kernel puts it."""
+    count = spec.memory_params[func]
+    return ", ".join([*named, *(f"void *arg{i}" for i in range(len(named), count))])
+
+
 def render(spec: ProgramSpec) -> str:
     """The C text for ``spec`` (what BCC compiles and ``--dump-bpf`` prints)."""
     types = "\n".join(f"#define KC_{t.name} {t.value}" for t in RecordType)
     text = _PRELUDE.format(types=types, record=_record_struct(), pages=spec.ringbuf_pages)
     if spec.cpuhp_online is not None:
         text += _CPUHP.format(online=spec.cpuhp_online, teardown=spec.cpuhp_teardown)
-    if spec.memory is not MemoryProbe.NONE:
+    if spec.memory is not MemoryProbe.NONE or spec.presence is not MemoryProbe.NONE:
         text += _MEMORY_COMMON
+    if spec.memory is not MemoryProbe.NONE:
         if spec.memory is MemoryProbe.KPROBE:
             text += _KPROBE_ARGS
         for func, going, done in (
@@ -317,11 +442,19 @@ def render(spec: ProgramSpec) -> str:
             ("offline_pages", "KC_MEM_GOING_OFFLINE", "KC_MEM_OFFLINE"),
         ):
             if spec.memory is MemoryProbe.FENTRY:
-                names = ["unsigned long pfn", "unsigned long nr_pages"]
-                names += [f"void *arg{i}" for i in range(2, spec.memory_params[func])]
-                text += _FENTRY.format(func=func, going=going, done=done, params=", ".join(names))
+                params = _fexit_params(spec, func, ["unsigned long pfn", "unsigned long nr_pages"])
+                text += _FENTRY.format(func=func, going=going, done=done, params=params)
             else:
                 text += _KPROBE.format(func=func, going=going, done=done)
+    if spec.presence is not MemoryProbe.NONE:
+        text += _PRESENCE_COMMON
+        if spec.presence is MemoryProbe.FENTRY:
+            text += _PRESENCE_FENTRY.format(
+                add_params=_fexit_params(spec, "add_memory_resource", ["int nid", "struct resource *res"]),
+                remove_params=_fexit_params(spec, "try_remove_memory", ["u64 start", "u64 size"]),
+            )
+        else:
+            text += _PRESENCE_KPROBE
     if spec.kexec_syscalls:
         text += _KEXEC_COMMON
         for value, name in spec.kexec_syscalls:

@@ -18,8 +18,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from . import _sysfs
-from ._bpf_program import KEXEC_SYSCALLS, MEMORY_FUNCS
+from ._bpf import plan_functions
+from ._bpf_program import KEXEC_SYSCALLS, MEMORY_FUNCS, PRESENCE_FUNCS, MemoryProbe
 from ._bpf_syscall import probe_bpf_syscall, probe_fentry, probe_kprobe, probe_raw_tracepoint
+from ._coverage import ALL_CHANGES, CPU_ONLINE_OFFLINE, MEMORY_ADD_REMOVE, MEMORY_ONLINE_OFFLINE, Change
+from ._select import plan_coverage
 from ._uevent import NETLINK_KOBJECT_UEVENT, UEVENT_GROUP_KERNEL
 
 Status = Literal["ok", "warn", "missing"]
@@ -156,6 +159,21 @@ def check_fentry(root: str = "/") -> Capability:
     )
 
 
+def check_memory_add_remove(root: str = "/") -> Capability:
+    """The probe on where the System RAM resource appears and disappears
+    (``add_memory_resource``/``try_remove_memory``), chosen as the BPF source
+    chooses it: fentry, else kprobe.  Not required: the add/remove uevents
+    are opened in every configuration."""
+    probe, _params, reason = plan_functions(PRESENCE_FUNCS, _sysfs.load_vmlinux_btf(root))
+    funcs = " and ".join(PRESENCE_FUNCS)
+    if probe is MemoryProbe.NONE:
+        return Capability(
+            "add/remove probes", "warn", f"no BPF probe: {reason}",
+            "memory add/remove come from uevents alone (opened in every configuration, bpf or not)",
+        )
+    return Capability("add/remove probes", "ok", f"{probe} on {funcs} (return), and uevents alongside")
+
+
 def check_uevents() -> Capability:
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_KOBJECT_UEVENT) as sock:
@@ -266,6 +284,7 @@ def all_checks() -> list[Capability]:
         check_kexec_tracepoints(),
         check_kprobes(),
         check_fentry(),
+        check_memory_add_remove(),
         check_uevents(),
         check_block_size(),
         check_kdump_loaded(),
@@ -276,14 +295,27 @@ def all_checks() -> list[Capability]:
 
 
 def events_covered(checks: list[Capability]) -> dict[str, str]:
-    """Which source ``run --source auto`` would use for each kind."""
+    """Which sources ``run --source auto`` would use for each change group
+    (``"bpf"``, ``"uevent"``, ``"bpf+uevent"`` or ``"none"``), by the same
+    rule as the real selection (:func:`probes._select.plan_coverage`)."""
     by = {c.name: c.status == "ok" for c in checks}
     bpf = by.get("bpf syscall", False) and by.get("BCC + kernel headers", False)
-    memory_bpf = bpf and (by.get("fentry", False) or by.get("kprobes", False))
-    return {
-        "cpu": "bpf" if bpf and by.get("cpuhp tracepoints", False) else ("uevent" if by.get("uevents") else "none"),
-        "memory": "bpf" if memory_bpf else ("uevent" if by.get("uevents") and by.get("block_size_bytes") else "none"),
-    }
+    bpf_can: frozenset[Change] | None = None
+    if bpf:
+        bpf_can = frozenset()
+        if by.get("cpuhp tracepoints", False):
+            bpf_can |= CPU_ONLINE_OFFLINE
+        if by.get("fentry", False) or by.get("kprobes", False):
+            bpf_can |= MEMORY_ONLINE_OFFLINE
+        if by.get("add/remove probes", False):
+            bpf_can |= MEMORY_ADD_REMOVE
+    coverage = plan_coverage("auto", ALL_CHANGES, bpf_can)
+    uevents_for = {"cpu": by.get("uevents", False), "memory": by.get("uevents", False) and by.get("block_size_bytes", False)}
+    out: dict[str, str] = {}
+    for label, sources in coverage.by_group(ALL_CHANGES).items():
+        usable = [s for s in sources if s == "bpf" or uevents_for[label.split(" ", 1)[0]]]
+        out[label] = "+".join(usable) or "none"
+    return out
 
 
 def run_can_work(checks: list[Capability]) -> tuple[bool, list[str]]:

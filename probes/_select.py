@@ -1,14 +1,25 @@
 """``--source`` specifications -> event sources.
 
-Live sources:
+Live sources (the changes they follow: probes/_coverage.py):
 
-- ``bpf``: the BPF program only; it must cover every kind asked for (on a
-  kernel without kprobes and fentry it cannot see memory: an error, since a
-  daemon blind to memory hotplug would leave kdump stale).
+- ``auto``: BPF for what this kernel lets it probe, uevents for the rest;
+  if BPF is unusable altogether (no BCC, no headers, program refused),
+  uevents for everything.
+- ``bpf``: BPF *plus the uevents BPF cannot replace*.  BPF must follow CPU
+  and memory online/offline itself, or this is an error (on a kernel
+  without kprobes and fentry it cannot see memory); it also follows memory
+  add/remove where ``add_memory_resource``/``try_remove_memory`` can be
+  probed.  The add/remove uevents of both kinds are opened as well, exactly
+  as under ``auto``: BPF has no probe for CPU add/remove, and a memory
+  removal must be seen even on a path the function probe misses.  So no
+  live configuration misses a removal; ``bpf`` differs from ``auto`` only in
+  failing loudly instead of falling back to uevents for online/offline.
 - ``uevent``: netlink uevents only.
-- ``auto``: BPF for what this kernel lets it probe, uevents for the rest; if
-  BPF is unusable altogether (no BCC, no headers, program refused), uevents
-  for everything.  What was chosen and why is in ``SourceSelection.notes``.
+
+Where BPF and uevents both follow a change (memory add/remove), the
+coalescer's ``Deduplicator`` counts each block once.  What was chosen and
+why is in ``SourceSelection.notes``, and per change in
+``SourceSelection.coverage``.
 
 Live sources are opened (BPF compiled and attached, netlink socket bound)
 here, before anything runs, so a refusal is a one-line error up front and
@@ -21,15 +32,25 @@ import os
 from dataclasses import dataclass, field
 
 from ground.errors import ConfigError, NeedsRootError, UnavailableError
+from ground.events import Kind
+from ground.kexec_log import KexecCallLog
+from ground.tracefile import TraceReader
 
 from . import _sysfs
 from ._bpf import BpfSource, plan_program
-from ground.events import Kind
-from ground.kexec_log import KexecCallLog
+from ._coverage import (
+    BPF_REQUIRED,
+    CPU_ONLINE_OFFLINE,
+    GROUPS,
+    MEMORY_ONLINE_OFFLINE,
+    UEVENT_ALWAYS,
+    Change,
+    changes_of,
+    describe,
+)
 from ._replay import replay_scenario, replay_trace
 from ._source import EventSource
 from ._uevent import DEFAULT_RCVBUF, UeventSource
-from ground.tracefile import TraceReader
 
 SOURCE_SPECS = "auto|bpf|uevent|replay:FILE|scenario:NAME[:ARGS]"
 
@@ -40,6 +61,8 @@ class SourceSelection:
     notes: list[str] = field(default_factory=list)  # what was chosen and why, for the log
     block_size: int | None = None
     reader: TraceReader | None = None  # for replay: header and lenient skip count
+    # live sources: change group ("memory add/remove") -> the sources following it
+    coverage: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def open_sources(
@@ -71,8 +94,38 @@ def open_sources(
     raise ConfigError("--source", f"unknown source {spec!r} (expected {SOURCE_SPECS})")
 
 
-def _kind_names(kinds: frozenset[Kind]) -> str:
-    return " and ".join(k.value for k in Kind if k in kinds)
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """Which live source follows which kernel change (pure: see
+    :func:`plan_coverage`)."""
+
+    bpf: frozenset[Change]
+    uevent: frozenset[Change]
+    missing: frozenset[Change] = frozenset()  # what --source bpf needs of BPF and does not get
+
+    def by_group(self, wanted: frozenset[Change]) -> dict[str, tuple[str, ...]]:
+        """``{"memory add/remove": ("bpf", "uevent"), ...}`` for the groups wanted."""
+        return {
+            label: tuple(name for name, have in (("bpf", self.bpf), ("uevent", self.uevent)) if group <= have)
+            for label, group in GROUPS
+            if group <= wanted
+        }
+
+
+def plan_coverage(spec: str, wanted: frozenset[Change], bpf_can: frozenset[Change] | None) -> Coverage:
+    """Split ``wanted`` between BPF and uevents.  ``bpf_can``: what the loaded
+    BPF program follows, ``None`` when there is no BPF source.
+
+    BPF takes what it follows; uevents take the rest and, whatever BPF
+    follows, the add/remove pairs of both kinds (:data:`UEVENT_ALWAYS`).
+    ``missing`` is what ``--source bpf`` requires of BPF itself
+    (:data:`BPF_REQUIRED`) and did not get: the caller fails on it."""
+    if spec == "uevent" or bpf_can is None:
+        missing = wanted & BPF_REQUIRED if spec == "bpf" else frozenset()
+        return Coverage(frozenset(), wanted, missing)
+    bpf = bpf_can & wanted
+    missing = (wanted & BPF_REQUIRED) - bpf if spec == "bpf" else frozenset()
+    return Coverage(bpf, (wanted - bpf) | (wanted & UEVENT_ALWAYS), missing)
 
 
 def open_live_sources(
@@ -93,46 +146,52 @@ def open_live_sources(
         }
         raise NeedsRootError(needs[spec])
     block_size = _sysfs.block_size_bytes()
+    wanted = changes_of(kinds)
     notes: list[str] = []
     sources: list[EventSource] = []
-    uevent_kinds = set(kinds)
-    if spec in ("bpf", "auto"):
-        bpf = _open_bpf(spec, kinds, kexec_log, block_size, ringbuf_pages, notes)
-        if bpf is not None:
-            sources.append(bpf)
-            covered = {Kind.CPU} if bpf.plan.probes_cpu else set()
-            if bpf.plan.probes_memory:
-                covered.add(Kind.MEMORY)
-            uevent_kinds -= covered
-            if spec == "bpf" and uevent_kinds:
-                bpf.close()
-                missing = _kind_names(frozenset(uevent_kinds))
-                why = bpf.plan.memory_reason if Kind.MEMORY in uevent_kinds else "cpuhp tracepoints unusable"
-                raise UnavailableError(
-                    f"--source bpf for {missing}", why, "use --source auto (uevents fill in) or --source uevent"
+    prefix = "auto: " if spec == "auto" else ""
+    bpf = _open_bpf(spec, kinds, kexec_log, block_size, ringbuf_pages, notes) if spec in ("bpf", "auto") else None
+    plan = plan_coverage(spec, wanted, bpf.plan.changes if bpf is not None else None)
+    if bpf is not None:
+        if plan.missing:
+            bpf.close()
+            why = "; ".join(
+                reason
+                for group, reason in (
+                    (CPU_ONLINE_OFFLINE, "cpuhp tracepoints unusable"),
+                    (MEMORY_ONLINE_OFFLINE, bpf.plan.memory_reason),
                 )
-            notes.append(f"auto: bpf for {_kind_names(frozenset(covered & kinds))}" if spec == "auto" else "bpf for " + _kind_names(kinds))
-    if uevent_kinds:
-        if block_size is None and Kind.MEMORY in uevent_kinds:
+                if group & plan.missing
+            )
+            raise UnavailableError(
+                f"--source bpf for {describe(plan.missing)}", why, "use --source auto (uevents fill in) or --source uevent"
+            )
+        sources.append(bpf)
+        what = describe(plan.bpf) if plan.bpf else "the kexec call log only"
+        notes.append(f"{prefix}bpf for {what}")
+    if plan.uevent:
+        if block_size is None and any(kind is Kind.MEMORY for kind, _ in plan.uevent):
+            if bpf is not None:
+                bpf.close()
             raise UnavailableError(
                 "uevent source for memory",
                 "/sys/devices/system/memory/block_size_bytes is missing",
                 "kernel without CONFIG_MEMORY_HOTPLUG",
             )
         try:
-            source = UeventSource(block_size=block_size or 1, kinds=frozenset(uevent_kinds), rcvbuf=rcvbuf)
+            source = UeventSource(block_size=block_size or 1, changes=plan.uevent, rcvbuf=rcvbuf)
         except UnavailableError:
-            for s in sources:
-                if isinstance(s, BpfSource):
-                    s.close()
+            if bpf is not None:
+                bpf.close()
             raise
         sources.append(source)
-        what = _kind_names(frozenset(uevent_kinds))
+        both = plan.uevent & plan.bpf
+        also = f"; alongside bpf for {describe(both)}, counted once" if both else ""
         notes.append(
-            f"{'auto: ' if spec == 'auto' else ''}uevent for {what} "
-            f"(netlink NETLINK_KOBJECT_UEVENT, receive buffer {source.rcvbuf >> 20} MiB)"
+            f"{prefix}uevent for {describe(plan.uevent)} "
+            f"(netlink NETLINK_KOBJECT_UEVENT, receive buffer {source.rcvbuf >> 20} MiB{also})"
         )
-    return SourceSelection(sources, notes, block_size)
+    return SourceSelection(sources, notes, block_size, coverage=plan.by_group(wanted))
 
 
 def _open_bpf(

@@ -26,7 +26,6 @@ CLOCK_MONOTONIC at reception (uevents carry no kernel timestamp).
 from __future__ import annotations
 
 import errno
-import os
 import re
 import socket
 import time
@@ -39,6 +38,8 @@ import trio
 from ground.errors import NeedsRootError, UnavailableError
 
 from ground.events import Action, EventsLost, HotplugEvent, Kind, SourceItem
+
+from ._coverage import Change, changes_of
 
 NETLINK_KOBJECT_UEVENT = 15
 UEVENT_GROUP_KERNEL = 1
@@ -149,8 +150,12 @@ def open_uevent_socket(rcvbuf: int = DEFAULT_RCVBUF) -> tuple[socket.socket, int
 class UeventSource:
     """Memory and CPU hotplug events from kernel uevents.
 
-    ``kinds`` limits what is sent (``auto`` with BPF covering CPUs still
-    listens to memory uevents only).  The socket is opened in the
+    ``changes`` limits what is sent to those (kind, action) pairs; ``kinds``
+    is the short form for every action of those kinds.  ``auto`` with BPF
+    covering CPU and memory online/offline listens to the add/remove uevents
+    of both kinds only: BPF has no probe for CPU add/remove, and memory
+    add/remove uevents are kept alongside its probes (probes/_coverage.py).
+    The socket is opened in the
     constructor, so that a uevent sent between ``open_sources`` and ``run``
     is queued, not lost, and so that a failure is reported before anything
     starts.
@@ -161,6 +166,7 @@ class UeventSource:
         *,
         block_size: int,
         kinds: frozenset[Kind] = frozenset(Kind),
+        changes: frozenset[Change] | None = None,
         rcvbuf: int = DEFAULT_RCVBUF,
         name: str = "uevent",
         socket_factory: Callable[[], DatagramSocket] | None = None,
@@ -169,7 +175,9 @@ class UeventSource:
         if block_size <= 0:
             raise ValueError("block_size must be > 0")
         self.block_size = block_size
-        self.kinds = kinds
+        self.changes = changes if changes is not None else changes_of(kinds)
+        if not self.changes:
+            raise ValueError("a uevent source needs at least one (kind, action) to follow")
         self._name = name
         self._clock_ns = clock_ns
         if socket_factory is None:
@@ -185,6 +193,10 @@ class UeventSource:
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def kinds(self) -> frozenset[Kind]:
+        return frozenset(kind for kind, _ in self.changes)
 
     def close(self) -> None:
         self._sock.close()
@@ -234,21 +246,9 @@ class UeventSource:
                 self.malformed += 1
                 continue
             event = uevent_to_event(uevent, block_size=self.block_size, ts_ns=now, source=self.name)
-            if event is None or event.kind not in self.kinds:
+            if event is None or (event.kind, event.action) not in self.changes:
                 self.ignored += 1
                 continue
             items.append(event)
         return items
 
-
-def open_uevent_source(*, block_size: int | None, kinds: frozenset[Kind] = frozenset(Kind), rcvbuf: int = DEFAULT_RCVBUF) -> UeventSource:
-    if os.geteuid() != 0:
-        # Reading uevents needs no privilege, but sizing the socket for a
-        # burst of thousands does (SO_RCVBUFFORCE), and every live source
-        # feeds a daemon that must be root to load kdump anyway.
-        raise NeedsRootError("the uevent source (SO_RCVBUFFORCE for a burst-sized netlink socket)")
-    if block_size is None:
-        raise UnavailableError(
-            "uevent source", "/sys/devices/system/memory/block_size_bytes is missing", "kernel without CONFIG_MEMORY_HOTPLUG?"
-        )
-    return UeventSource(block_size=block_size, kinds=kinds, rcvbuf=rcvbuf)

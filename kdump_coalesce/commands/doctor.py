@@ -6,11 +6,9 @@ import argparse
 import json
 import sys
 
-from probes import ProgramSpec, render
-from ground.events import Kind
-from probes._capabilities import all_checks, events_covered, run_can_work
-
 from ground.errors import EXIT_OK, EXIT_UNAVAILABLE
+from ground.events import Kind
+from probes import ProgramSpec, all_checks, events_covered, render, run_can_work
 
 NAME = "doctor"
 ORDER = 20
@@ -20,8 +18,12 @@ One line per capability: status, name, what was found, and (-> ...) what to
 do when it is missing.  Checks are real: a BPF program is loaded and attached
 for each probe kind, the netlink socket is bound, files are read.
 
-exit status: 0 when 'run' can work here (root, an event source for CPUs and
-for memory, block_size_bytes, a kexec-capable kernel and kexec binary);
+The 'events:' lines say which source follows each change the header depends
+on (cpu online/offline, cpu add/remove, memory online/offline, memory
+add/remove) under --source auto; "bpf+uevent" means both, counted once.
+
+exit status: 0 when 'run' can work here (root, an event source for every
+change, block_size_bytes, a kexec-capable kernel and kexec binary);
 3 otherwise, with the reasons on the last line.
 
 examples:
@@ -61,7 +63,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         for c in checks:
             print(c.line())
-        print(f"events: cpu from {covered['cpu']}, memory from {covered['memory']} (--source auto)")
+        # One line per change the header depends on, and who follows it.
+        print("events (--source auto; bpf+uevent: both, counted once):")
+        for change, how in covered.items():
+            print(f"{'ok' if how != 'none' else 'MISSING':<7} {change:<22} {how}")
         if ok:
             print("run: can work here")
         else:

@@ -20,7 +20,11 @@ import pytest
 import trio
 
 from coalescer import BatchRecorder, Policy, run_pipeline
-from probes import BpfSource, MemoryProbe, UeventSource, open_sources, plan_program
+from ground.errors import UnavailableError
+from probes import BpfSource, MemoryProbe, ProgramSpec, UeventSource, open_sources, plan_program, render
+from probes._bpf import import_bcc
+from probes._bpf_program import MEMORY_FUNCS, PRESENCE_FUNCS
+from probes._coverage import CPU_ADD_REMOVE, CPU_ONLINE_OFFLINE, MEMORY_ADD_REMOVE, MEMORY_ONLINE_OFFLINE
 from ground.kexec_log import KexecCallLog
 from ground.events import Action, EventsLost, HotplugEvent, Kind, SourceItem
 from probes import _sysfs
@@ -77,6 +81,14 @@ async def test_bcc_program_compiles_and_loads_here() -> None:
     try:
         assert "RAW_TRACEPOINT_PROBE(cpuhp_exit)" in source.text
         assert any("CPUHP_ONLINE=" in note for note in source.plan.notes)
+        # memory add/remove: planned where the kernel takes it, else said why
+        # (kprobes compiled out and fentry refused here: a clean fallback)
+        notes = " ".join(source.plan.notes)
+        if source.plan.probes_presence:
+            assert "KRETFUNC_PROBE(try_remove_memory" in source.text or "kretprobe__try_remove_memory" in source.text
+        else:
+            assert "bpf: memory add/remove: unavailable: kprobes/fentry missing" in notes
+            assert "try_remove_memory" not in source.text
     finally:
         source.close()
 
@@ -110,28 +122,96 @@ async def test_both_sources_through_the_coalescer_give_one_batch_per_change(cpu1
     assert stage.duplicates == 2  # the uevent copies of both changes
 
 
+def kernel_can_probe(funcs: tuple[str, ...]) -> bool:
+    btf = _sysfs.load_vmlinux_btf()
+    return all(probe_fentry(f, btf.func_id(f) if btf else None) for f in funcs) or all(probe_kprobe(f) for f in funcs)
+
+
 async def test_memory_probes_unavailable_here_and_auto_uses_uevents() -> None:
     plan = plan_program(want_cpu=False, want_memory=True, want_kexec=False)
-    btf = _sysfs.load_vmlinux_btf()
-    kernel_can = all(probe_fentry(f, btf.func_id(f) if btf else None) for f in ("online_pages", "offline_pages")) or all(
-        probe_kprobe(f) for f in ("online_pages", "offline_pages")
-    )
     selection = open_sources("auto", kexec_log=KexecCallLog())
     try:
-        if kernel_can:  # a production kernel: BPF sees memory itself
+        uevent = [s for s in selection.sources if isinstance(s, UeventSource)]
+        # Every configuration keeps the add/remove uevents of both kinds.
+        assert len(uevent) == 1 and CPU_ADD_REMOVE | MEMORY_ADD_REMOVE <= uevent[0].changes
+        assert selection.coverage["cpu add/remove"] == ("uevent",)
+        if kernel_can_probe(MEMORY_FUNCS):  # a production kernel: BPF sees online/offline itself
             assert plan.spec.memory is not MemoryProbe.NONE
-            assert not any(isinstance(s, UeventSource) and Kind.MEMORY in s.kinds for s in selection.sources)
+            assert not MEMORY_ONLINE_OFFLINE & uevent[0].changes
         else:  # this host: no kprobes, fentry refused
             assert plan.spec.memory is MemoryProbe.NONE
             assert plan.memory_reason.startswith("kprobes/fentry missing")
-            assert "bpf: memory: unavailable: kprobes/fentry missing" in " ".join(plan.notes)
-            uevent = [s for s in selection.sources if isinstance(s, UeventSource)]
-            assert len(uevent) == 1 and uevent[0].kinds == frozenset({Kind.MEMORY})
-            assert "auto: uevent for memory" in " ".join(selection.notes)
-            assert "auto: bpf for cpu" in selection.notes
+            assert "bpf: memory online/offline: unavailable: kprobes/fentry missing" in " ".join(plan.notes)
+            assert MEMORY_ONLINE_OFFLINE <= uevent[0].changes
+            assert "auto: bpf for cpu online/offline" in selection.notes
+            assert selection.coverage["memory online/offline"] == ("uevent",)
+        if kernel_can_probe(PRESENCE_FUNCS):
+            assert plan.spec.presence is not MemoryProbe.NONE
+            assert selection.coverage["memory add/remove"] == ("bpf", "uevent")
+        else:  # this host: memory add/remove from uevents, said so
+            assert plan.spec.presence is MemoryProbe.NONE
+            assert "bpf: memory add/remove: unavailable: kprobes/fentry missing" in " ".join(plan.notes)
+            assert selection.coverage["memory add/remove"] == ("uevent",)
+        note = [n for n in selection.notes if n.startswith("auto: uevent for ")]
+        assert len(note) == 1 and "cpu add/remove" in note[0] and "memory add/remove" in note[0]
     finally:
         for s in selection.sources:
             s.close()  # type: ignore[attr-defined]
+
+
+async def test_source_bpf_still_takes_cpu_add_remove_from_uevents_or_fails_loudly() -> None:
+    try:
+        selection = open_sources("bpf", kexec_log=KexecCallLog())
+    except UnavailableError as exc:  # this host: BPF cannot see memory online/offline
+        assert not kernel_can_probe(MEMORY_FUNCS)
+        assert str(exc).startswith("--source bpf for memory online/offline")
+        selection = open_sources("bpf", kexec_log=KexecCallLog(), kinds=frozenset({Kind.CPU}))
+    try:
+        (uevent,) = [s for s in selection.sources if isinstance(s, UeventSource)]
+        assert CPU_ADD_REMOVE <= uevent.changes and not CPU_ONLINE_OFFLINE & uevent.changes
+        assert selection.coverage["cpu online/offline"] == ("bpf",)
+    finally:
+        for s in selection.sources:
+            s.close()  # type: ignore[attr-defined]
+
+
+async def test_memory_probe_c_compiles_and_passes_the_verifier_here() -> None:
+    """This kernel cannot attach kprobes or fentry, but it can compile (BCC,
+    clang, these headers) and verify the kprobe variant of every memory probe,
+    online/offline and add/remove: the functions are renamed so that BCC does
+    not auto-attach them, then loaded as kprobe programs (verifier only)."""
+    bcc = import_bcc()
+    text = render(ProgramSpec(memory=MemoryProbe.KPROBE, presence=MemoryProbe.KPROBE))
+    text = text.replace("int kprobe__", "int kc_check_kprobe__").replace("int kretprobe__", "int kc_check_kretprobe__")
+    bpf = bcc.BPF(text=text.encode())
+    try:
+        names = [f"kc_check_{kind}__{func}" for func in (*MEMORY_FUNCS, *PRESENCE_FUNCS) for kind in ("kprobe", "kretprobe")]
+        for name in names:
+            fn = bpf.load_func(name.encode(), bcc.BPF.KPROBE)
+            assert fn.fd >= 0
+    finally:
+        bpf.cleanup()
+
+
+async def test_memory_probe_fexit_c_compiles_here() -> None:
+    """The fexit variant (BTF parameter counts from this kernel) goes through
+    BCC's clang with these headers; this kernel then refuses the load
+    (EPERM: tracing programs are refused here), which is the clean fallback
+    that plan_program reports.  A kernel that takes it attaches for real."""
+    from probes._bpf import compile_program
+
+    btf = _sysfs.load_vmlinux_btf()
+    assert btf is not None
+    params = {f: btf.func_param_count(f) for f in (*MEMORY_FUNCS, *PRESENCE_FUNCS)}
+    assert all(c is not None for c in params.values()), params
+    spec = ProgramSpec(memory=MemoryProbe.FENTRY, presence=MemoryProbe.FENTRY, memory_params=params)  # type: ignore[arg-type]
+    try:
+        compiled = compile_program(render(spec))
+    except UnavailableError as exc:
+        assert "compile" not in exc.reason.lower(), exc.reason  # refused at load, not at compile
+        assert not kernel_can_probe(PRESENCE_FUNCS)
+    else:
+        compiled.cleanup()
 
 
 def stand_in_kexec_plan(pages: int = 256) -> tuple[BpfSource, KexecCallLog]:

@@ -119,3 +119,95 @@ def test_program_spec_rejects_what_cannot_compile() -> None:
         ProgramSpec(memory=MemoryProbe.FENTRY)
     with pytest.raises(ValueError, match="go together"):
         ProgramSpec(cpuhp_online=236)
+
+
+# -- memory add/remove: add_memory_resource / try_remove_memory ----------------
+
+GIB = 1 << 30
+
+
+def test_presence_records_are_byte_ranges_with_their_return_code() -> None:
+    # arg0/arg1 are bytes for add/remove (res->start, length), pages otherwise.
+    add = decode_record(record(RecordType.MEM_ADD, ts=7, arg0=4 * GIB, arg1=GIB), block_size=BLOCK, page_size=PAGE)
+    assert not isinstance(add, KexecCall)
+    assert (add.kind, add.action, add.start, add.size, add.ret, add.ts_ns) == (Kind.MEMORY, Action.ADD, 4 * GIB, GIB, None, 7)
+    assert add.changes_state
+    refused = decode_record(record(RecordType.MEM_REMOVE, arg0=4 * GIB, arg1=GIB, ret=-16), block_size=BLOCK)
+    assert not isinstance(refused, KexecCall)
+    assert refused.action is Action.REMOVE and refused.ret == -16 and not refused.changes_state
+    with pytest.raises(RecordError, match="length=0"):
+        decode_record(record(RecordType.MEM_REMOVE, arg0=4 * GIB, arg1=0), block_size=BLOCK)
+
+
+def test_a_dimm_removal_is_cut_into_blocks_like_its_uevents() -> None:
+    from probes._bpf import per_block
+
+    removed = decode_record(record(RecordType.MEM_REMOVE, ts=9, arg0=4 * GIB, arg1=GIB), block_size=BLOCK)
+    assert not isinstance(removed, KexecCall)
+    blocks = per_block(removed, BLOCK)
+    assert [(e.start, e.size) for e in blocks] == [(4 * GIB + i * BLOCK, BLOCK) for i in range(8)]
+    assert {(e.action, e.ts_ns, e.source, e.ret) for e in blocks} == {(Action.REMOVE, 9, "bpf", None)}
+    # A refusal has no uevent to match: one event, counted as one failure.
+    refused = decode_record(record(RecordType.MEM_REMOVE, arg0=4 * GIB, arg1=GIB, ret=-16), block_size=BLOCK)
+    assert not isinstance(refused, KexecCall)
+    assert per_block(refused, BLOCK) == [refused]
+    # online/offline records are per block already; no block size, no cutting.
+    online = decode_record(record(RecordType.MEM_ONLINE, arg0=0x8000, arg1=0x8000), block_size=BLOCK, page_size=PAGE)
+    assert not isinstance(online, KexecCall)
+    assert per_block(online, BLOCK) == [online] and per_block(removed, None) == [removed]
+
+
+def test_presence_fexit_text() -> None:
+    spec = ProgramSpec(
+        presence=MemoryProbe.FENTRY, memory_params={"add_memory_resource": 3, "try_remove_memory": 2}
+    )
+    text = render(spec)
+    assert "KRETFUNC_PROBE(add_memory_resource, int nid, struct resource *res, void *arg2, int ret)" in text
+    assert "KRETFUNC_PROBE(try_remove_memory, u64 start, u64 size, int ret)" in text
+    assert "kc_memory(KC_MEM_ADD, start, size, ret);" in text and "kc_memory(KC_MEM_REMOVE, start, size, ret);" in text
+    assert "#include <linux/ioport.h>" in text and "__builtin_offsetof(struct resource, end)" in text
+    # return only (the code decides), no entry probe, nothing of online/offline
+    assert "KFUNC_PROBE(" not in text and "online_pages" not in text and "kprobe__" not in text
+    assert "static __always_inline void kc_memory(" in text  # shared with online/offline
+    assert "#define KC_MEM_ADD 8" in text and "#define KC_MEM_REMOVE 9" in text
+
+
+def test_presence_kprobe_text_keeps_its_own_argument_map() -> None:
+    text = render(ProgramSpec(memory=MemoryProbe.KPROBE, presence=MemoryProbe.KPROBE))
+    for probe in ("kprobe__add_memory_resource", "kretprobe__add_memory_resource", "kprobe__try_remove_memory", "kretprobe__try_remove_memory"):
+        assert f"int {probe}(struct pt_regs *ctx" in text
+    # add_memory_resource() onlines its blocks (online_pages) on the same
+    # thread before it returns: the two entry probes keep separate maps.
+    assert "BPF_HASH(memory_args," in text and "BPF_HASH(presence_args," in text
+    assert text.count("static __always_inline void kc_memory(") == 1
+    presence_only = render(ProgramSpec(presence=MemoryProbe.KPROBE))
+    assert "BPF_HASH(memory_args," not in presence_only and "kprobe__online_pages" not in presence_only
+
+
+def test_presence_fexit_needs_parameter_counts() -> None:
+    with pytest.raises(ValueError, match="add_memory_resource needs its parameter count"):
+        ProgramSpec(presence=MemoryProbe.FENTRY, memory_params={"try_remove_memory": 2})
+    assert not ProgramSpec(presence=MemoryProbe.KPROBE).empty
+
+
+def test_a_refused_presence_probe_is_dropped_first_and_said() -> None:
+    from ground.errors import UnavailableError
+    from probes import BpfPlan, BpfSource
+
+    compiled: list[str] = []
+
+    def compile_fn(text: str) -> object:
+        compiled.append(text)
+        if "try_remove_memory" in text:
+            raise UnavailableError("bpf program", "cannot attach kprobe, probe entry may not exist")
+        return object()
+
+    spec = ProgramSpec(cpuhp_online=236, cpuhp_teardown=144, memory=MemoryProbe.KPROBE, presence=MemoryProbe.KPROBE)
+    source = BpfSource(BpfPlan(spec, ["bpf: cpu: ..."]), block_size=BLOCK, compile_fn=compile_fn)
+    source._compile_with_fallback()
+    assert len(compiled) == 2 and "kprobe__online_pages" in compiled[1]  # online/offline kept
+    assert source.plan.spec.presence is MemoryProbe.NONE and source.plan.probes_memory and source.plan.probes_cpu
+    assert source.plan.presence_reason.startswith("kprobes/fentry missing (kprobe refused: cannot attach")
+    assert source.plan.notes[-1].startswith("bpf: memory add/remove: unavailable: ")
+    assert (Kind.MEMORY, Action.REMOVE) not in source.plan.changes
+    assert (Kind.MEMORY, Action.OFFLINE) in source.plan.changes

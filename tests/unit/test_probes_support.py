@@ -144,10 +144,24 @@ def test_run_can_work_needs_required_checks_and_sources() -> None:
         cap("block_size_bytes", "ok", True),
         cap("kdump loaded", "warn", True),
     ]
-    assert events_covered(good) == {"cpu": "bpf", "memory": "uevent"}
+    assert events_covered(good) == {
+        "cpu online/offline": "bpf",
+        "cpu add/remove": "uevent",  # no BPF probe: always uevents
+        "memory online/offline": "uevent",
+        "memory add/remove": "uevent",
+    }
     assert run_can_work(good) == (True, [])
+    probed = [c if c.name not in ("kprobes", "add/remove probes") else cap(c.name, "ok") for c in good]
+    probed.append(cap("add/remove probes", "ok"))
+    assert events_covered(probed)["memory online/offline"] == "bpf"
+    assert events_covered(probed)["memory add/remove"] == "bpf+uevent"  # uevents alongside, counted once
     bad = [c if c.name != "kdump loaded" else cap("kdump loaded", "missing", True) for c in good]
     ok, problems = run_can_work(bad)
     assert not ok and problems == ["kdump loaded: x"]
     no_events = [c for c in good if c.name not in ("uevents", "cpuhp tracepoints")]
-    assert run_can_work(no_events)[1] == ["no event source for cpu", "no event source for memory"]
+    assert run_can_work(no_events)[1] == [
+        "no event source for cpu online/offline",
+        "no event source for cpu add/remove",
+        "no event source for memory online/offline",
+        "no event source for memory add/remove",
+    ]
