@@ -16,10 +16,12 @@ import errno
 import os
 from dataclasses import dataclass
 
+from ground import sysfs
+from ground.sysfs import SYS_CPU, SYS_MEMORY
+from ground.sysfs import block_size_bytes as block_size_bytes  # re-exported: probes, doctor and trace read it here
+
 from ._btf import Btf, BtfError
 
-SYS_CPU = "sys/devices/system/cpu"
-SYS_MEMORY = "sys/devices/system/memory"
 TRACEFS_DIRS = ("sys/kernel/tracing", "sys/kernel/debug/tracing")
 
 
@@ -36,32 +38,14 @@ def read_text(path: str) -> str | None:
         return None
 
 
-def block_size_bytes(root: str = "/") -> int | None:
-    """``/sys/devices/system/memory/block_size_bytes``: hex without 0x."""
-    text = read_text(_path(root, f"{SYS_MEMORY}/block_size_bytes"))
-    if text is None:
-        return None
-    try:
-        value = int(text, 16)
-    except ValueError:
-        return None
-    return value if value > 0 else None
-
-
 def parse_cpu_list(text: str) -> list[int]:
-    """``0-3,6,8-9`` (the kernel's cpulist format, lib/bitmap.c) -> CPU numbers."""
-    cpus: list[int] = []
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        first, _, last = part.partition("-")
-        cpus.extend(range(int(first), int(last or first) + 1))
-    return cpus
+    """``0-3,6,8-9`` (the kernel's cpulist format) -> CPU numbers (:func:`ground.sysfs.parse_cpu_list`)."""
+    return list(sysfs.parse_cpu_list(text))
 
 
 def cpus_online(root: str = "/") -> list[int] | None:
-    text = read_text(_path(root, f"{SYS_CPU}/online"))
-    return parse_cpu_list(text) if text is not None else None
+    cpus = sysfs.cpu_list("online", root)
+    return list(cpus) if cpus is not None else None
 
 
 def memory_blocks_online(root: str = "/") -> int | None:
