@@ -12,6 +12,7 @@ else.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -57,3 +58,23 @@ class PhysRange:
 
     def __str__(self) -> str:
         return f"{self.start:#x}-{self.last:#x}"
+
+    def subtract(self, cut: PhysRange) -> tuple[PhysRange, ...]:
+        """What is left of this range with ``cut`` taken out: itself when they
+        do not overlap, else the zero, one or two pieces on either side."""
+        if not self.overlaps(cut):
+            return (self,)
+        pieces = []
+        if self.start < cut.start:
+            pieces.append(PhysRange(self.start, cut.start))
+        if cut.end < self.end:
+            pieces.append(PhysRange(cut.end, self.end))
+        return tuple(pieces)
+
+
+def subtract_all(ranges: Iterable[PhysRange], cuts: Iterable[PhysRange]) -> tuple[PhysRange, ...]:
+    """``ranges`` with every range of ``cuts`` taken out, in their order."""
+    pieces = tuple(ranges)
+    for cut in cuts:
+        pieces = tuple(piece for r in pieces for piece in r.subtract(cut))
+    return pieces

@@ -31,31 +31,33 @@ kernels that choke on empty notes.
 from __future__ import annotations
 
 import hashlib
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ground.ranges import PhysRange
 
 from ._errors import HeaderTooLargeError, SnapshotError
+from ._parse import ELF64_EHDR, ELF64_IDENT_PREFIX, ELF64_PHDR, EM_X86_64, ET_CORE, PN_XNUM
+from ._parse import PT_LOAD as PT_LOAD  # re-exported: the header's program header types
+from ._parse import PT_NOTE as PT_NOTE
 from ._snapshot import SystemSnapshot
+
+if TYPE_CHECKING:
+    from ._config import UpdaterSettings
 
 ELF_CORE_HEADER_ALIGN = 1024
 ELFCOREHDR_MIN_MEMSZ = 16 * 1024  # kexec-tools pads the segment to 16 KiB
 PAGE_SIZE = 4096
-EHDR_SIZE = 64
-PHDR_SIZE = 56
-PN_XNUM = 0xFFFF
-PT_LOAD = 1
-PT_NOTE = 4
+EHDR_SIZE = ELF64_EHDR.size
+PHDR_SIZE = ELF64_PHDR.size
 PF_RWX = 0x7
-EM_X86_64 = 62
-BACKUP_SRC_LIMIT = 0xA0000  # kexec-tools: the first RAM range in the low 640 KiB
+# kexec-tools' backup source is the first RAM range that ends at or below
+# 640 KiB; it compares the inclusive end (get_backup_area: "range.end > 0xa0000"
+# skips a range), hence PhysRange.last.
+BACKUP_SRC_LIMIT = 0xA0000
 
-_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-_PHDR = struct.Struct("<IIQQQQQQ")
-_IDENT = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # ELFCLASS64, LSB, EV_CURRENT, SYSV
+_IDENT = ELF64_IDENT_PREFIX + bytes([1, 0]) + bytes(8)  # + EV_CURRENT, ELFOSABI_NONE (SYSV)
 
 CPU_NOTE_CHOICES = ("present", "possible", "online")
 
@@ -83,11 +85,23 @@ class HeaderOptions:
     @classmethod
     def for_loader(cls, load_path: str, **overrides: Any) -> HeaderOptions:
         """The defaults of the loader in use: kexec-tools (kexec_load) or the
-        kernel (kexec_file_load, or the kernel's own hotplug update)."""
+        kernel (kexec_file_load, or the kernel's own hotplug update).  The one
+        place that rule lives."""
         kernel_like = load_path in ("kexec_file_load", "kernel")
         base: dict[str, Any] = {"cpu_notes": "possible" if kernel_like else "present", "cut_low_1m": kernel_like}
         base.update(overrides)
         return cls(**base)
+
+    @classmethod
+    def for_settings(cls, settings: UpdaterSettings, load_path: str) -> HeaderOptions:
+        """The options ``[updater]`` asks for with ``load_path``: ``cpu-notes``
+        and ``low-1m`` set to ``auto`` follow the loader (:meth:`for_loader`)."""
+        overrides: dict[str, Any] = {"driver_managed": settings.driver_managed}
+        if settings.cpu_notes != "auto":
+            overrides["cpu_notes"] = settings.cpu_notes
+        if settings.low_1m != "auto":
+            overrides["cut_low_1m"] = settings.low_1m == "cut"
+        return cls.for_loader(load_path, **overrides)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,11 +124,11 @@ class ProgramHeader:
     p_align: int = 0
 
     def pack(self) -> bytes:
-        return _PHDR.pack(self.p_type, self.p_flags, self.p_offset, self.p_vaddr, self.p_paddr, self.p_filesz, self.p_memsz, self.p_align)
+        return ELF64_PHDR.pack(self.p_type, self.p_flags, self.p_offset, self.p_vaddr, self.p_paddr, self.p_filesz, self.p_memsz, self.p_align)
 
     @property
     def phys(self) -> PhysRange:
-        return PhysRange(self.p_paddr, self.p_paddr + self.p_memsz)
+        return PhysRange.from_size(self.p_paddr, self.p_memsz)
 
 
 def header_bytes_for(n_phdrs: int) -> int:
@@ -171,7 +185,7 @@ class ElfCoreHeader:
             phdrs.append(ProgramHeader(PT_LOAD, PF_RWX, text.paddr, text.vaddr, text.paddr, text.size, text.size))
 
         ranges = snapshot.dump_ranges(cut_low_1m=opts.cut_low_1m, driver_managed=opts.driver_managed)
-        backup = next((r for r in ranges if r.end <= BACKUP_SRC_LIMIT + 1), None)
+        backup = next((r for r in ranges if r.last <= BACKUP_SRC_LIMIT), None)
         for r in ranges:
             offset = r.start
             if opts.backup_offset is not None and r == backup:
@@ -194,7 +208,7 @@ class ElfCoreHeader:
     def to_bytes(self) -> bytes:
         if self._bytes:
             return self._bytes
-        ehdr = _EHDR.pack(_IDENT, 4, EM_X86_64, 1, 0, EHDR_SIZE, 0, 0, EHDR_SIZE, PHDR_SIZE, len(self.phdrs), 0, 0, 0)
+        ehdr = ELF64_EHDR.pack(_IDENT, ET_CORE, EM_X86_64, 1, 0, EHDR_SIZE, 0, 0, EHDR_SIZE, PHDR_SIZE, len(self.phdrs), 0, 0, 0)
         body = ehdr + b"".join(p.pack() for p in self.phdrs)
         data = body + bytes(header_bytes_for(len(self.phdrs)) - len(body))
         object.__setattr__(self, "_bytes", data)
@@ -215,14 +229,14 @@ class ElfCoreHeader:
         one are numbered 0.. in order (kexec-tools writes them by CPU)."""
         if len(data) < EHDR_SIZE:
             raise SnapshotError(source, f"truncated ELF header ({len(data)} bytes)")
-        ident, e_type, e_machine, _v, _e, e_phoff, _s, _f, _eh, e_phentsize, e_phnum, *_ = _EHDR.unpack_from(data)
+        ident, e_type, e_machine, _v, _e, e_phoff, _s, _f, _eh, e_phentsize, e_phnum, *_ = ELF64_EHDR.unpack_from(data)
         if ident[:6] != _IDENT[:6]:
             raise SnapshotError(source, "not a little-endian ELF64 file")
-        if e_type != 4 or e_machine != EM_X86_64:
+        if e_type != ET_CORE or e_machine != EM_X86_64:
             raise SnapshotError(source, f"not an x86_64 ELF core header (e_type {e_type}, e_machine {e_machine})")
         if e_phentsize != PHDR_SIZE or e_phoff + e_phnum * PHDR_SIZE > len(data):
             raise SnapshotError(source, f"{e_phnum} program headers at {e_phoff} do not fit in {len(data)} bytes")
-        phdrs = tuple(ProgramHeader(*_PHDR.unpack_from(data, e_phoff + i * PHDR_SIZE)) for i in range(e_phnum))
+        phdrs = tuple(ProgramHeader(*ELF64_PHDR.unpack_from(data, e_phoff + i * PHDR_SIZE)) for i in range(e_phnum))
         n_notes = sum(1 for p in phdrs if p.p_type == PT_NOTE)
         return cls(phdrs, tuple(range(max(n_notes - 1, 0))))
 

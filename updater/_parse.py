@@ -18,14 +18,24 @@ Formats, as the kernel prints them:
   size in hex *without* ``0x`` (``kernel/ksysfs.c``); kexec-tools reads both
   with ``%Lx``.
 - ``memory/block_size_bytes``: ``%lx`` (hex, no ``0x``).
-- ``/proc/kcore``: an ELF64 core file; only its program headers are read.
+- ``/proc/kcore``: an ELF64 core file; only its ELF header and program
+  headers are read, as many as ``e_phnum`` says.
+
+CPU lists and the block size are parsed by :mod:`ground.sysfs` (the probes
+read them too); the wrappers here only name the file in a
+:class:`SnapshotError`.  Every range is converted to a half-open
+:class:`~ground.ranges.PhysRange` here, at the boundary.
 """
 
 from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from ground import sysfs
+from ground.ranges import PhysRange
 
 from ._errors import SnapshotError
 
@@ -34,10 +44,9 @@ _IOMEM_LINE = re.compile(r"^( *)([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)$")
 
 @dataclass(frozen=True, slots=True)
 class IomemEntry:
-    """One /proc/iomem line.  ``end`` is inclusive, as the file prints it."""
+    """One /proc/iomem line: its range, name, nesting depth and line number."""
 
-    start: int
-    end: int
+    range: PhysRange
     name: str
     depth: int
     line: int
@@ -67,19 +76,19 @@ def parse_iomem(text: str, path: str = "/proc/iomem") -> tuple[IomemEntry, ...]:
         if len(indent) % 2:
             raise SnapshotError(path, f"odd indentation ({len(indent)} spaces)", lineno)
         depth = len(indent) // 2
-        start, end = int(s, 16), int(e, 16)
-        if end < start:
+        start, last = int(s, 16), int(e, 16)
+        if last < start:
             raise SnapshotError(path, f"range ends before it starts: {s}-{e}", lineno)
         if depth > len(depth_stack):
             raise SnapshotError(path, f"nested {depth} levels deep under a {len(depth_stack)}-level parent", lineno)
         del depth_stack[depth:]
-        entry = IomemEntry(start, end, name.strip(), depth, lineno)
+        entry = IomemEntry(PhysRange.from_inclusive(start, last), name.strip(), depth, lineno)
         # A child lies inside its parent, except in the all-zero view of an
         # unprivileged reader (every address 0): the caller reports that.
-        if depth_stack and (start, end) != (0, 0):
+        if depth_stack and (start, last) != (0, 0):
             parent = depth_stack[-1]
-            if start < parent.start or end > parent.end:
-                raise SnapshotError(path, f"{s}-{e} lies outside its parent {parent.start:x}-{parent.end:x}", lineno)
+            if not parent.range.contains(entry.range):
+                raise SnapshotError(path, f"{s}-{e} lies outside its parent {parent.range.start:x}-{parent.range.last:x}", lineno)
         depth_stack.append(entry)
         entries.append(entry)
     if not entries:
@@ -88,25 +97,23 @@ def parse_iomem(text: str, path: str = "/proc/iomem") -> tuple[IomemEntry, ...]:
 
 
 def iomem_hides_addresses(entries: tuple[IomemEntry, ...]) -> bool:
-    """True when every address reads 0: the file was read without CAP_SYS_ADMIN."""
-    return all(e.start == 0 and e.end == 0 for e in entries)
+    """True when every address reads 0 (``00000000-00000000``): the file was
+    read without CAP_SYS_ADMIN."""
+    return all(e.range.start == 0 and e.range.last == 0 for e in entries)
 
 
 def parse_cpu_list(text: str, path: str) -> tuple[int, ...]:
-    line = text.strip()
-    if not line:
-        return ()
-    cpus: set[int] = set()
-    for part in line.split(","):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
-        if m is None:
-            raise SnapshotError(path, f"not a CPU list (like 0-3,8): {line[:60]!r}", 1)
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-        if hi < lo:
-            raise SnapshotError(path, f"descending CPU range {part!r}", 1)
-        cpus.update(range(lo, hi + 1))
-    return tuple(sorted(cpus))
+    try:
+        return sysfs.parse_cpu_list(text, path)
+    except sysfs.SysfsFormatError as exc:
+        raise SnapshotError(path, exc.message, 1) from None
+
+
+def parse_block_size(text: str, path: str) -> int:
+    try:
+        return sysfs.parse_block_size_bytes(_one_line(text, path), path)
+    except sysfs.SysfsFormatError as exc:
+        raise SnapshotError(path, exc.message, 1) from None
 
 
 def _one_line(text: str, path: str) -> str:
@@ -178,12 +185,25 @@ def parse_kallsyms(text: str, wanted: frozenset[str], path: str = "/proc/kallsym
     return out
 
 
-# -- /proc/kcore ---------------------------------------------------------------
+# -- ELF64, little-endian: /proc/kcore and the elfcorehdr ----------------------
 
-_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-_PHDR = struct.Struct("<IIQQQQQQ")
+ELF64_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")  # Elf64_Ehdr
+ELF64_PHDR = struct.Struct("<IIQQQQQQ")  # Elf64_Phdr
+ELF64_SHDR = struct.Struct("<IIQQQQIIQQ")  # Elf64_Shdr
+ELF64_IDENT_PREFIX = b"\x7fELF\x02\x01"  # ELFMAG, ELFCLASS64, ELFDATA2LSB
+ET_CORE = 4
+EM_X86_64 = 62
 PT_LOAD = 1
 PT_NOTE = 4
+# gABI extended numbering: e_phnum == PN_XNUM means the count is in section
+# header 0's sh_info (binfmt_elf core dumps write it since Linux 2.6.34,
+# "elf coredump: add extended numbering support").
+PN_XNUM = 0xFFFF
+_SH_INFO = 7  # index of sh_info in ELF64_SHDR
+# More program headers than any kernel's /proc/kcore has (one PT_LOAD per
+# RAM range and per vmemmap range, plus a few): refuse a corrupt count
+# before reading gigabytes for it.
+MAX_KCORE_PHDRS = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,29 +213,51 @@ class KcoreLoad:
     memsz: int
 
 
-def parse_kcore_loads(data: bytes, path: str = "/proc/kcore") -> tuple[KcoreLoad, ...]:
-    """The PT_LOAD program headers of /proc/kcore's first bytes (kexec-tools
-    reads the first KCORE_ELF_HEADERS_SIZE = 64 KiB the same way)."""
-    if len(data) < _EHDR.size:
-        raise SnapshotError(path, f"truncated ELF header ({len(data)} bytes)")
-    ident, e_type, e_machine, _v, _entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize, e_phnum, *_ = _EHDR.unpack_from(data)
-    if ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] != 1:
+def read_kcore_loads(read: Callable[[int, int], bytes], path: str = "/proc/kcore") -> tuple[KcoreLoad, ...]:
+    """The PT_LOAD program headers of /proc/kcore, given ``read(offset, size)``
+    (the bytes there, fewer at the end of the file).
+
+    Reads the ELF header, then exactly ``e_phnum`` program headers (or
+    section header 0's ``sh_info`` of them when ``e_phnum`` is PN_XNUM).
+    kexec-tools reads a fixed KCORE_ELF_HEADERS_SIZE (64 KiB) instead, which
+    holds about 1,150 program headers: fewer than a host with thousands of
+    memory ranges (virtio-mem after partial unplug, hundreds of DIMMs) has."""
+    ehdr = read(0, ELF64_EHDR.size)
+    if len(ehdr) < ELF64_EHDR.size:
+        raise SnapshotError(path, f"truncated ELF header ({len(ehdr)} bytes)")
+    ident, e_type, _machine, _v, _entry, e_phoff, e_shoff, _flags, _ehsize, e_phentsize, e_phnum, e_shentsize, *_ = ELF64_EHDR.unpack(ehdr)
+    if not ident.startswith(ELF64_IDENT_PREFIX):
         raise SnapshotError(path, "not a little-endian ELF64 file")
-    if e_type != 4:
+    if e_type != ET_CORE:
         raise SnapshotError(path, f"not an ELF core file (e_type {e_type})")
-    if e_phentsize != _PHDR.size:
-        raise SnapshotError(path, f"e_phentsize {e_phentsize}, expected {_PHDR.size}")
-    end = e_phoff + e_phnum * e_phentsize
-    if end > len(data):
-        raise SnapshotError(path, f"program headers end at {end}, only {len(data)} bytes read")
+    if e_phentsize != ELF64_PHDR.size:
+        raise SnapshotError(path, f"e_phentsize {e_phentsize}, expected {ELF64_PHDR.size}")
+    count = e_phnum
+    if e_phnum == PN_XNUM:
+        if e_shoff == 0 or e_shentsize != ELF64_SHDR.size:
+            raise SnapshotError(path, f"e_phnum is PN_XNUM but there is no section header 0 (e_shoff {e_shoff}, e_shentsize {e_shentsize})")
+        shdr = read(e_shoff, ELF64_SHDR.size)
+        if len(shdr) < ELF64_SHDR.size:
+            raise SnapshotError(path, f"section header 0 at {e_shoff} is truncated ({len(shdr)} bytes)")
+        count = ELF64_SHDR.unpack(shdr)[_SH_INFO]
+    if count > MAX_KCORE_PHDRS:
+        raise SnapshotError(path, f"{count} program headers: more than any kernel writes ({MAX_KCORE_PHDRS})")
+    size = count * ELF64_PHDR.size
+    data = read(e_phoff, size)
+    if len(data) < size:
+        raise SnapshotError(path, f"program headers end at {e_phoff + size}, only {e_phoff + len(data)} bytes read")
     loads = []
-    for i in range(e_phnum):
-        p_type, _pf, _off, vaddr, paddr, _filesz, memsz, _align = _PHDR.unpack_from(data, e_phoff + i * e_phentsize)
+    for p_type, _pf, _off, vaddr, paddr, _filesz, memsz, _align in ELF64_PHDR.iter_unpack(data):
         if p_type == PT_LOAD:
             loads.append(KcoreLoad(vaddr, paddr, memsz))
     if not loads:
         raise SnapshotError(path, "no PT_LOAD program headers")
     return tuple(loads)
+
+
+def parse_kcore_loads(data: bytes, path: str = "/proc/kcore") -> tuple[KcoreLoad, ...]:
+    """:func:`read_kcore_loads` over the first bytes of the file."""
+    return read_kcore_loads(lambda offset, size: data[offset : offset + size], path)
 
 
 PUD_SIZE = 1 << 30

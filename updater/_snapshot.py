@@ -44,40 +44,41 @@ from pathlib import Path
 from typing import Any
 
 from ground.errors import NeedsRootError
-from ground.ranges import PhysRange
+from ground.files import atomic_write
+from ground.ranges import PhysRange, subtract_all
 
 from ._errors import SnapshotError
 from ._parse import (
     KERN_VADDR_ALIGN,
     PAGE_SIZE,
     IomemEntry,
+    KcoreLoad,
     iomem_hides_addresses,
     kcore_page_offset,
     kcore_text_mapping,
+    parse_block_size,
     parse_cpu_list,
     parse_decimal,
     parse_hex,
     parse_iomem,
     parse_kallsyms,
-    parse_kcore_loads,
     parse_meminfo,
     parse_vmcoreinfo,
+    read_kcore_loads,
 )
 
 DEFAULT_PAGE_OFFSET = 0xFFFF888000000000
 DEFAULT_TEXT_VADDR = 0xFFFFFFFF81000000
 MAX_NOTE_BYTES = 1024  # kexec-tools' size when crash_notes_size is absent (Linux < 4.6)
-KCORE_HEADERS_SIZE = 64 * 1024  # kexec-tools KCORE_ELF_HEADERS_SIZE
 SNAPSHOT_FORMAT = 1
 LOW_1M = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class RamRange:
-    """A "System RAM" line of /proc/iomem; ``end`` exclusive."""
+@dataclass(frozen=True, slots=True, order=True)
+class RamRange(PhysRange):
+    """A "System RAM" line of /proc/iomem: its range and its name (which
+    says whether a driver manages it)."""
 
-    start: int
-    end: int
     name: str = "System RAM"
 
     @property
@@ -164,24 +165,12 @@ class SystemSnapshot:
                 # lists it twice (overlapping PT_LOADs); list it once.
                 continue
             covered_to = max(covered_to, r.end)
-            pieces = [(r.start, r.end)]
-            for cut in cuts:
-                next_pieces = []
-                for s, e in pieces:
-                    if cut.end <= s or cut.start >= e:
-                        next_pieces.append((s, e))
-                        continue
-                    if s < cut.start:
-                        next_pieces.append((s, cut.start))
-                    if cut.end < e:
-                        next_pieces.append((cut.end, e))
-                pieces = next_pieces
-            out.extend(PhysRange(s, e) for s, e in pieces)
+            out.extend(subtract_all([r.range], cuts))
         return tuple(out)
 
     @property
     def ram_bytes(self) -> int:
-        return sum(r.end - r.start for r in self.ram)
+        return sum(r.size for r in self.ram)
 
     @property
     def can_kexec(self) -> bool:
@@ -275,20 +264,6 @@ class SystemSnapshot:
         return cls.from_json(doc, str(path))
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old or the new
-    file, never a part: a temporary file in the same directory, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 # -- reading -------------------------------------------------------------------
 
 
@@ -320,11 +295,19 @@ class _Reader:
         except OSError as exc:
             raise SnapshotError(path, f"cannot read: {exc.strerror}") from None
 
-    def data(self, rel: str, size: int) -> bytes | None:
+    def kcore_loads(self, rel: str) -> tuple[KcoreLoad, ...] | None:
+        """The PT_LOADs of an ELF core file (/proc/kcore): its ELF header, then
+        exactly the program headers it declares.  ``None`` when the file does
+        not exist or is not readable."""
         path = self.path(rel)
         try:
             with open(path, "rb") as f:
-                return f.read(size)
+
+                def read(offset: int, size: int) -> bytes:
+                    f.seek(offset)
+                    return f.read(size)
+
+                return read_kcore_loads(read, path)
         except (FileNotFoundError, PermissionError):
             return None
         except OSError as exc:
@@ -352,12 +335,12 @@ def read_snapshot(root: str = "/") -> SystemSnapshot:
     entries = parse_iomem(iomem_text, r.path("proc/iomem"))
     if iomem_hides_addresses(entries):
         raise NeedsRootError(f"reading addresses from {r.path('proc/iomem')}")
-    ram = tuple(RamRange(e.start, e.end + 1, e.name) for e in entries if e.is_system_ram)
+    ram = tuple(RamRange(e.range.start, e.range.end, e.name) for e in entries if e.is_system_ram)
     if not ram:
         raise SnapshotError(r.path("proc/iomem"), "no 'System RAM' line")
-    crash_kernel = tuple(PhysRange(e.start, e.end + 1) for e in entries if e.name == "Crash kernel")
+    crash_kernel = tuple(e.range for e in entries if e.name == "Crash kernel")
     code = next((e for e in entries if e.name == "Kernel code"), None)
-    kernel_code = PhysRange(code.start, code.end + 1) if code else None
+    kernel_code = code.range if code else None
     image_end = _kernel_image_end(entries)
 
     def cpus(name: str) -> tuple[int, ...] | None:
@@ -393,10 +376,9 @@ def read_snapshot(root: str = "/") -> SystemSnapshot:
 
     page_offset, page_offset_source = DEFAULT_PAGE_OFFSET, "default"
     kernel_text: KernelText | None = None
-    kcore = r.data("proc/kcore", KCORE_HEADERS_SIZE)
+    loads = r.kcore_loads("proc/kcore")
     paddr = kernel_code.start if kernel_code else None
-    if kcore is not None:
-        loads = parse_kcore_loads(kcore, r.path("proc/kcore"))
+    if loads is not None:
         # kexec-tools takes the lowest kcore PT_LOAD (rounded down to 1 GiB)
         # when kallsyms has page_offset_base (CONFIG_RANDOMIZE_MEMORY), else
         # its default.  Without randomization the lowest PT_LOAD is the direct
@@ -427,7 +409,7 @@ def read_snapshot(root: str = "/") -> SystemSnapshot:
         r.missing.append(MissingInput("/proc/iomem 'Kernel code'", "no kernel text PT_LOAD in the header"))
 
     bs_text = r.text("sys/devices/system/memory/block_size_bytes", "memory block size unknown")
-    block_size = parse_hex(bs_text, r.path("sys/devices/system/memory/block_size_bytes")) if bs_text else None
+    block_size = parse_block_size(bs_text, r.path("sys/devices/system/memory/block_size_bytes")) if bs_text else None
 
     mi_text = r.text("proc/meminfo")
     mem_total = parse_meminfo(mi_text, r.path("proc/meminfo")).get("MemTotal") if mi_text else None
@@ -485,5 +467,5 @@ def _kernel_image_end(entries: tuple[IomemEntry, ...]) -> int | None:
     """End (exclusive) of the kernel image resources ("Kernel code", "Kernel
     rodata", "Kernel data", "Kernel bss"): where kcore's text mapping ends,
     give or take the brk area."""
-    ends = [e.end + 1 for e in entries if e.name in ("Kernel code", "Kernel rodata", "Kernel data", "Kernel bss")]
+    ends = [e.range.end for e in entries if e.name in ("Kernel code", "Kernel rodata", "Kernel data", "Kernel bss")]
     return max(ends) if ends else None

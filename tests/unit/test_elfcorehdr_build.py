@@ -18,6 +18,7 @@ from updater import (
     RamRange,
     SnapshotError,
     SystemSnapshot,
+    UpdaterSettings,
     diff_headers,
     diff_snapshots,
     read_snapshot,
@@ -100,6 +101,16 @@ def test_loader_defaults() -> None:
     snap = host()
     kernel_like = ElfCoreHeader.build(snap, HeaderOptions.for_loader("kexec_file_load"))
     assert kernel_like.ram_ranges[0] == PhysRange(0x100000, 0xC0000000)
+
+
+def test_settings_follow_the_loader_unless_set() -> None:
+    # The one rule Updater.header_options and the fast path's requests use.
+    auto = UpdaterSettings()
+    assert HeaderOptions.for_settings(auto, "kexec_load") == HeaderOptions.for_loader("kexec_load")
+    assert HeaderOptions.for_settings(auto, "kernel") == HeaderOptions(cpu_notes="possible", cut_low_1m=True)
+    forced = UpdaterSettings(cpu_notes="online", low_1m="cut", driver_managed=False)
+    assert HeaderOptions.for_settings(forced, "kexec_load") == HeaderOptions(cpu_notes="online", cut_low_1m=True, driver_managed=False)
+    assert HeaderOptions.for_settings(UpdaterSettings(low_1m="keep"), "kexec_file_load").cut_low_1m is False
 
 
 def test_backup_region_offset() -> None:

@@ -18,7 +18,10 @@ from typing import Any
 import pytest
 import trio
 
+from tests.fixtures.doubles import RecordingObserver
+from ground.kexec_log import KexecCallLog
 from ground.errors import ConfigError
+from ground.ranges import PhysRange
 from updater import (
     DryRunBackend,
     ElfCoreHeader,
@@ -34,7 +37,8 @@ from updater import (
     read_snapshot,
 )
 from updater import fastpath
-from updater._backends import HostCapabilities, choose_backend, fastpath_unavailable_reason
+from updater._backends import HostCapabilities, choose_backend
+from updater.fastpath import unavailable_reason as fastpath_unavailable_reason
 from updater._elfcorehdr import PT_LOAD
 from updater.fastpath import (
     DigestMismatchError,
@@ -134,17 +138,17 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[VerifiedSegmentSet]:
 
 def test_iomem_ranges_take_exact_names_at_any_depth() -> None:
     ranges = iomem_ranges(parse_iomem(IOMEM + "140000000-14fffffff : System RAM (kmem)\n"))
-    kinds = [(r.start, r.kind) for r in ranges]
+    kinds = [(r.range.start, r.kind) for r in ranges]
     assert (0x1000, RangeKind.SYSTEM_RAM) in kinds
     assert (0x7FFE0000, RangeKind.ACPI_TABLES) in kinds and (0x7FFF0000, RangeKind.ACPI_NVS) in kinds
     assert (0xFED00000, RangeKind.RESERVED) in kinds
-    assert all(r.start != 0x140000000 for r in ranges)  # driver-managed RAM is not kexec-tools' "System RAM"
-    assert all(r.start != 0x2B000000 for r in ranges)  # Crash kernel is not a firmware range
+    assert all(r.range.start != 0x140000000 for r in ranges)  # driver-managed RAM is not kexec-tools' "System RAM"
+    assert all(r.range.start != 0x2B000000 for r in ranges)  # Crash kernel is not a firmware range
 
 
 def test_first_load_full_then_attested_and_header_points_at_backup(host: dict[str, Any], loads: list[VerifiedSegmentSet]) -> None:
     backend = create_backend(host["command"], settings_for(host))
-    assert isinstance(backend, KexecFastBackend) and backend.load_path == "kexec_load" and not backend.fixed_layout
+    assert isinstance(backend, KexecFastBackend) and backend.load_path == "kexec_load"
     first = trio.run(backend.load, request_for(host))
     assert first.ok, first.detail
     rec = first.extra["record"]["fastpath"]
@@ -256,7 +260,6 @@ class FakeKexec:
     name = "kexec"
     load_path = "kexec_load"
     changes_kdump = True
-    fixed_layout = False
 
     def __init__(self) -> None:
         self.requests: list[LoadRequest] = []
@@ -269,23 +272,13 @@ class FakeKexec:
         return LoadOutcome(True, "loaded", 1, 2, (12345,))
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.records: list[tuple[str, dict[str, Any]]] = []
-
-    def on_item(self, item: object) -> None: ...
-
-    def on_batch(self, batch: object) -> None: ...
-
-    def on_record(self, kind: str, fields: Mapping[str, Any]) -> None:
-        self.records.append((kind, dict(fields)))
-
+Recorder = RecordingObserver
 
 def test_updater_falls_back_to_kexec_in_the_same_batch_and_reports(host: dict[str, Any], loads: list[VerifiedSegmentSet]) -> None:
     settings = settings_for(host, headroom_ranges=10_000_000)  # the region cannot hold the fast path's image
     fallback = FakeKexec()
     rec = Recorder()
-    updater = Updater(settings, "kexec-fast", "test", create_backend(host["command"], settings), rec, None, fallback=fallback)
+    updater = Updater(settings, "kexec-fast", "test", create_backend(host["command"], settings), rec, KexecCallLog(), fallback=fallback)
     trio.run(updater.reconcile)
     reload = [f for k, f in rec.records if k == "reload"][-1]
     assert reload["result"] == "fallback" and reload["backend"] == "kexec"
@@ -297,7 +290,7 @@ def test_updater_falls_back_to_kexec_in_the_same_batch_and_reports(host: dict[st
 def test_updater_records_user_space_and_syscall_timings(host: dict[str, Any], loads: list[VerifiedSegmentSet]) -> None:
     settings = settings_for(host)
     rec = Recorder()
-    updater = Updater(settings, "kexec-fast", "test", create_backend(host["command"], settings), rec, None, fallback=FakeKexec())
+    updater = Updater(settings, "kexec-fast", "test", create_backend(host["command"], settings), rec, KexecCallLog(), fallback=FakeKexec())
     trio.run(updater.reconcile)
     reload = [f for k, f in rec.records if k == "reload"][-1]
     assert reload["result"] == "ok" and reload["backend"] == "kexec-fast"
@@ -372,4 +365,4 @@ def test_dry_run_says_why_there_is_no_segment_set(host: dict[str, Any], tmp_path
 
 def test_crash_region_comes_from_the_snapshot(host: dict[str, Any]) -> None:
     snap: SystemSnapshot = read_snapshot(str(host["root"]))
-    assert crash_regions_of(snap) == (fastpath.PhysRange(0x2B000000, 0x3AFFFFFF),)
+    assert crash_regions_of(snap) == (PhysRange.from_inclusive(0x2B000000, 0x3AFFFFFF),)

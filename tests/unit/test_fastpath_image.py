@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ground.errors import InputError
+from ground.ranges import PhysRange
 from updater.fastpath import (
     CONTROL_PAGES,
     KEXEC_CRASH_FLAGS,
@@ -17,7 +18,6 @@ from updater.fastpath import (
     ElfcorehdrOverflowError,
     FastPathInputs,
     IomemRange,
-    PhysRange,
     PrefixDigest,
     PurgatoryError,
     RangeKind,
@@ -35,14 +35,14 @@ from updater.fastpath import (
 
 
 from tests.fixtures.fastpath import synth
-CRASH = PhysRange(0x2B000000, 0x2BFFFFFF)  # 16 MiB
+CRASH = PhysRange.from_inclusive(0x2B000000, 0x2BFFFFFF)  # 16 MiB
 IOMEM = (
-    IomemRange(0x0, 0xFFF, RangeKind.RESERVED),
-    IomemRange(0x1000, 0x9FBFF, RangeKind.SYSTEM_RAM),
-    IomemRange(0x9FC00, 0x9FFFF, RangeKind.RESERVED),
-    IomemRange(0x100000, 0x7FFDFFFF, RangeKind.SYSTEM_RAM),
-    IomemRange(0x7FFE0000, 0x7FFEFFFF, RangeKind.ACPI_TABLES),
-    IomemRange(0x7FFF0000, 0x7FFFFFFF, RangeKind.ACPI_NVS),
+    IomemRange(PhysRange.from_inclusive(0x0, 0xFFF), RangeKind.RESERVED),
+    IomemRange(PhysRange.from_inclusive(0x1000, 0x9FBFF), RangeKind.SYSTEM_RAM),
+    IomemRange(PhysRange.from_inclusive(0x9FC00, 0x9FFFF), RangeKind.RESERVED),
+    IomemRange(PhysRange.from_inclusive(0x100000, 0x7FFDFFFF), RangeKind.SYSTEM_RAM),
+    IomemRange(PhysRange.from_inclusive(0x7FFE0000, 0x7FFEFFFF), RangeKind.ACPI_TABLES),
+    IomemRange(PhysRange.from_inclusive(0x7FFF0000, 0x7FFFFFFF), RangeKind.ACPI_NVS),
 )
 
 
@@ -77,9 +77,9 @@ def test_layout_is_inside_the_region_with_the_header_on_top(image) -> None:  # t
     ss = image.build(synth.build_elfcorehdr(5))
     mems = [s.mem for s in ss.segments]
     assert mems == sorted(mems)
-    assert all(CRASH.start <= s.mem and s.end - 1 <= CRASH.end for s in ss.segments)
+    assert all(CRASH.start <= s.mem and s.end <= CRASH.end for s in ss.segments)
     assert ss.segments[-1].kind is SegmentKind.ELFCOREHDR  # last in hash order
-    assert ss.segments[-1].end == CRASH.end + 1
+    assert ss.segments[-1].end == CRASH.end
     assert ss.flags == KEXEC_CRASH_FLAGS == 0x003E0001
     kinds = {s.kind for s in ss.segments}
     assert kinds == set(SegmentKind)
@@ -131,14 +131,14 @@ def test_setup_segment_names_the_header_slot(image) -> None:  # type: ignore[no-
     m = re.search(r"elfcorehdr=(\d+)K$", cmdline)
     assert m and int(m.group(1)) * 1024 == ss.by_kind(SegmentKind.ELFCOREHDR).mem
     e820 = image.layout.e820
-    ram = [(e.addr, e.end) for e in e820 if e.type == 1]
+    ram = [(e.range.start, e.range.last) for e in e820 if e.type == 1]
     hdr = image.layout.elfcorehdr
     backup = image.layout.backup
     for start, end in ram:  # neither the header nor the backup is RAM for the capture kernel
-        assert end < hdr.start or start > hdr.end
-        assert end < backup.start or start > backup.end
-    assert (0x7FFE0000, 0x10000, 3) in [(e.addr, e.size, int(e.type)) for e in e820]
-    assert (0x7FFF0000, 0x10000, 4) in [(e.addr, e.size, int(e.type)) for e in e820]
+        assert end < hdr.start or start > hdr.last
+        assert end < backup.start or start > backup.last
+    assert (0x7FFE0000, 0x10000, 3) in [(e.range.start, e.range.size, int(e.type)) for e in e820]
+    assert (0x7FFF0000, 0x10000, 4) in [(e.range.start, e.range.size, int(e.type)) for e in e820]
     assert struct.unpack_from("<Q", setup.buf, 0x250)[0] == ss.by_kind(SegmentKind.SETUP_DATA).mem
     assert ss.by_kind(SegmentKind.SETUP_DATA).buf[16:] == bytes(range(32))
 
@@ -197,7 +197,7 @@ def test_structural_breakage_is_caught(image) -> None:  # type: ignore[no-untype
     backup = ss.by_kind(SegmentKind.BACKUP)  # no contents: nothing to jump to
     with pytest.raises(VerificationError, match="entry point"):
         image.verify(SegmentSet(ss.segments, backup.mem, ss.flags, ss.crash_region, ss.digest))
-    outside = PhysRange(CRASH.start, CRASH.end - 0x100000)
+    outside = PhysRange.from_inclusive(CRASH.start, CRASH.last - 0x100000)
     with pytest.raises(VerificationError, match="outside the crash kernel region"):
         image.verify(SegmentSet(ss.segments, ss.entry, ss.flags, outside, ss.digest))
     # regions table no longer matches (a segment dropped)
@@ -213,7 +213,7 @@ def test_purgatory_missing_a_symbol_is_refused() -> None:
 
 def test_crash_region_too_small_is_refused() -> None:
     with pytest.raises(SegmentLayoutError, match="crash kernel region .* too small") as info:
-        prepare(make_inputs(crash_regions=(PhysRange(0x2B000000, 0x2B0FFFFF),)))
+        prepare(make_inputs(crash_regions=(PhysRange.from_inclusive(0x2B000000, 0x2B0FFFFF),)))
     assert isinstance(info.value, InputError)
 
 
@@ -225,11 +225,11 @@ def test_header_larger_than_its_slot_is_refused(image) -> None:  # type: ignore[
 
 
 def test_still_valid_for_tracks_what_the_layout_depends_on(image) -> None:  # type: ignore[no-untyped-def]
-    hot_added = (*IOMEM, IomemRange(0x100000000, 0x13FFFFFFF, RangeKind.SYSTEM_RAM))
+    hot_added = (*IOMEM, IomemRange(PhysRange.from_inclusive(0x100000000, 0x13FFFFFFF), RangeKind.SYSTEM_RAM))
     assert image.still_valid_for((CRASH,), hot_added)  # more RAM: header only
-    new_fw = (*IOMEM, IomemRange(0xFED00000, 0xFED003FF, RangeKind.RESERVED))
+    new_fw = (*IOMEM, IomemRange(PhysRange.from_inclusive(0xFED00000, 0xFED003FF), RangeKind.RESERVED))
     assert not image.still_valid_for((CRASH,), new_fw)
-    assert not image.still_valid_for((PhysRange(0x2C000000, 0x2CFFFFFF),), IOMEM)
+    assert not image.still_valid_for((PhysRange.from_inclusive(0x2C000000, 0x2CFFFFFF),), IOMEM)
 
 
 def test_manifest_describes_every_segment(image) -> None:  # type: ignore[no-untyped-def]

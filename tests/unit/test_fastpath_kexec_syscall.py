@@ -7,7 +7,8 @@ import errno
 
 import pytest
 
-from updater.fastpath import KexecLoadError, KexecSegment, PhysRange, Segment, SegmentKind, SegmentSet, segment_array
+from ground.ranges import PhysRange
+from updater.fastpath import KexecLoadError, KexecSegment, Segment, SegmentKind, SegmentSet, segment_array
 from updater.fastpath import _kexec_syscall
 from updater.fastpath._image import VerifiedSegmentSet
 
@@ -59,7 +60,7 @@ def test_failed_call_raises_with_errno(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_kexec_syscall, "_libc_syscall", lambda: fake_syscall)
     monkeypatch.setattr(_kexec_syscall.platform, "machine", lambda: "x86_64")
     seg = Segment(b"abc", 0x2B000000, 0x1000, SegmentKind.PURGATORY)
-    ss = SegmentSet((seg,), 0x2B000000, 0x003E0001, PhysRange(0x2B000000, 0x2BFFFFFF), b"")
+    ss = SegmentSet((seg,), 0x2B000000, 0x003E0001, PhysRange.from_inclusive(0x2B000000, 0x2BFFFFFF), b"")
     with pytest.raises(KexecLoadError, match="EBUSY"):
         _kexec_syscall.kexec_load_crash(VerifiedSegmentSet(ss, b"", "full", 0.0))
     assert calls[0][0] == 246 and calls[0][1] == 0x2B000000 and calls[0][2] == 1 and calls[0][4] == 0x003E0001

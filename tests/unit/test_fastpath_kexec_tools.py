@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from ground.ranges import PhysRange
 from updater.fastpath import (
     IomemRange,
-    PhysRange,
     PrefixDigest,
     RangeKind,
     RelocatedPurgatory,
@@ -49,7 +49,7 @@ from tests.fixtures.fastpath import real_bzimage
 KEXEC = "/sbin/kexec"
 SHIM = Path(__file__).parents[1] / "fixtures" / "fastpath" / "kexec_capture.c"
 BOOT_PARAMS = "/sys/kernel/boot_params/data"
-CRASH = PhysRange(0x2B000000, 0x3AFFFFFF)
+CRASH = PhysRange.from_inclusive(0x2B000000, 0x3AFFFFFF)
 IOMEM_TEXT = """\
 00000000-00000fff : Reserved
 00001000-0009fbff : System RAM
@@ -65,14 +65,14 @@ fed00000-fed003ff : Reserved
 fee00000-fee00fff : Local APIC
 """
 IOMEM = (
-    IomemRange(0x0, 0xFFF, RangeKind.RESERVED),
-    IomemRange(0x1000, 0x9FBFF, RangeKind.SYSTEM_RAM),
-    IomemRange(0x9FC00, 0x9FFFF, RangeKind.RESERVED),
-    IomemRange(0xF0000, 0xFFFFF, RangeKind.RESERVED),
-    IomemRange(0x100000, 0x7FFDFFFF, RangeKind.SYSTEM_RAM),
-    IomemRange(0x7FFE0000, 0x7FFEFFFF, RangeKind.ACPI_TABLES),
-    IomemRange(0x7FFF0000, 0x7FFFFFFF, RangeKind.ACPI_NVS),
-    IomemRange(0xFED00000, 0xFED003FF, RangeKind.RESERVED),
+    IomemRange(PhysRange.from_inclusive(0x0, 0xFFF), RangeKind.RESERVED),
+    IomemRange(PhysRange.from_inclusive(0x1000, 0x9FBFF), RangeKind.SYSTEM_RAM),
+    IomemRange(PhysRange.from_inclusive(0x9FC00, 0x9FFFF), RangeKind.RESERVED),
+    IomemRange(PhysRange.from_inclusive(0xF0000, 0xFFFFF), RangeKind.RESERVED),
+    IomemRange(PhysRange.from_inclusive(0x100000, 0x7FFDFFFF), RangeKind.SYSTEM_RAM),
+    IomemRange(PhysRange.from_inclusive(0x7FFE0000, 0x7FFEFFFF), RangeKind.ACPI_TABLES),
+    IomemRange(PhysRange.from_inclusive(0x7FFF0000, 0x7FFFFFFF), RangeKind.ACPI_NVS),
+    IomemRange(PhysRange.from_inclusive(0xFED00000, 0xFED003FF), RangeKind.RESERVED),
 )
 CMDLINE = "console=ttyS0 nr_cpus=1 irqpoll reset_devices"
 
@@ -181,7 +181,7 @@ def test_purgatory_and_zero_page_match_kexec_tools_byte_for_byte(
     e820 = capture_memory_map(
         src,
         [CRASH],
-        [("backup", PhysRange(backup[0], backup[0] + len(backup[2]) - 1)), ("elfcorehdr", PhysRange(elf[0], elf[0] + elf[1] - 1))],
+        [("backup", PhysRange.from_size(backup[0], len(backup[2]))), ("elfcorehdr", PhysRange.from_size(elf[0], elf[1]))],
         [x for x in IOMEM if x.kind is not RangeKind.SYSTEM_RAM],
     )
     boot_params = Path(BOOT_PARAMS).read_bytes()

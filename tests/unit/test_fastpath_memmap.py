@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from ground.ranges import PhysRange
 from updater.fastpath import (
     BOOT_PARAMS_FIELDS,
     E820Type,
     IomemRange,
-    PhysRange,
     RangeKind,
     Segment,
     SegmentKind,
@@ -27,7 +27,7 @@ from updater.fastpath._segments import PlacementRequest, place_top_down
 
 
 from tests.fixtures.fastpath import synth
-REGION = PhysRange(0x10000000, 0x10FFFFFF)
+REGION = PhysRange.from_inclusive(0x10000000, 0x10FFFFFF)
 
 
 def test_top_down_placement_in_request_order() -> None:
@@ -77,27 +77,27 @@ def test_kexec_rules() -> None:
 
 
 def test_backup_source_is_the_low_ram() -> None:
-    iomem = [IomemRange(0x1000, 0x9FBFF, RangeKind.SYSTEM_RAM), IomemRange(0x100000, 0x7FFFFFFF, RangeKind.SYSTEM_RAM)]
-    assert backup_source(iomem) == PhysRange(0x1000, 0x9FBFF)
-    assert backup_source(iomem[1:]) == PhysRange(0, 0x9FFFF)  # kexec-tools' default
+    iomem = [IomemRange(PhysRange.from_inclusive(0x1000, 0x9FBFF), RangeKind.SYSTEM_RAM), IomemRange(PhysRange.from_inclusive(0x100000, 0x7FFFFFFF), RangeKind.SYSTEM_RAM)]
+    assert backup_source(iomem) == PhysRange.from_inclusive(0x1000, 0x9FBFF)
+    assert backup_source(iomem[1:]) == PhysRange.from_inclusive(0, 0x9FFFF)  # kexec-tools' default
 
 
 def test_capture_memory_map_cuts_and_types() -> None:
-    crash = PhysRange(0x2B000000, 0x3AFFFFFF)
+    crash = PhysRange.from_inclusive(0x2B000000, 0x3AFFFFFF)
     mm = capture_memory_map(
-        PhysRange(0x1000, 0x9FBFF),
+        PhysRange.from_inclusive(0x1000, 0x9FBFF),
         [crash],
-        [("backup", PhysRange(0x3AF61000, 0x3AFFFFFF)), ("elfcorehdr", PhysRange(0x3AF5D000, 0x3AF60FFF))],
-        [IomemRange(0x0, 0xFFF, RangeKind.RESERVED), IomemRange(0x7FFE0000, 0x7FFEFFFF, RangeKind.ACPI_TABLES)],
+        [("backup", PhysRange.from_inclusive(0x3AF61000, 0x3AFFFFFF)), ("elfcorehdr", PhysRange.from_inclusive(0x3AF5D000, 0x3AF60FFF))],
+        [IomemRange(PhysRange.from_inclusive(0x0, 0xFFF), RangeKind.RESERVED), IomemRange(PhysRange.from_inclusive(0x7FFE0000, 0x7FFEFFFF), RangeKind.ACPI_TABLES)],
     )
-    assert [(e.addr, e.end, e.type) for e in mm] == [
+    assert [(e.range.start, e.range.last, e.type) for e in mm] == [
         (0x0, 0xFFF, E820Type.RESERVED),
         (0x1000, 0x9FBFF, E820Type.RAM),
         (0x2B000000, 0x3AF5CFFF, E820Type.RAM),
         (0x7FFE0000, 0x7FFEFFFF, E820Type.ACPI),
     ]
     with pytest.raises(SegmentLayoutError, match="not inside one range"):
-        capture_memory_map(PhysRange(0x1000, 0x9FBFF), [crash], [("x", PhysRange(0x3AFFF000, 0x3B000FFF))], [])
+        capture_memory_map(PhysRange.from_inclusive(0x1000, 0x9FBFF), [crash], [("x", PhysRange.from_inclusive(0x3AFFF000, 0x3B000FFF))], [])
 
 
 def test_cmdline_gets_acpi_rsdp_then_elfcorehdr() -> None:
@@ -115,7 +115,7 @@ def field(buf: bytes, name: str) -> int | bytes:
 
 def test_zero_page_fields() -> None:
     k = parse_bzimage(synth.build_bzimage(setup_sects=1), "k")
-    e820 = capture_memory_map(PhysRange(0x1000, 0x9FBFF), [PhysRange(0x2B000000, 0x2BFFFFFF)], [], [])
+    e820 = capture_memory_map(PhysRange.from_inclusive(0x1000, 0x9FBFF), [PhysRange.from_inclusive(0x2B000000, 0x2BFFFFFF)], [], [])
     bp = synth.boot_params(screen_fill=0x5A, subarch=0, acpi_rsdp=0)
     setup = build_setup_segment(k, bp, 0x1_2345_6000, "root=/dev/x", 0x1_0000_0000, 0x1234, e820, 0xF5A40, 0x2B000000)
     assert len(setup) == 4096 + len("root=/dev/x") + 1 + 64

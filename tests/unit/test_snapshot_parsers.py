@@ -31,10 +31,10 @@ OFFLINE = HOST / "live-6.18-cpu1-offline"
 
 def test_iomem_of_this_host() -> None:
     entries = parse_iomem((LIVE / "proc/iomem").read_text())
-    ram = [(e.start, e.end) for e in entries if e.is_system_ram]
+    ram = [(e.range.start, e.range.last) for e in entries if e.is_system_ram]
     assert ram == [(0x1000, 0x9FBFF), (0x100000, 0xBFFFFFFF), (0x100000000, 0x63FFFFFFF)]
     code = next(e for e in entries if e.name == "Kernel code")
-    assert (code.start, code.depth) == (0x1000000, 1)
+    assert (code.range.start, code.depth) == (0x1000000, 1)
     assert max(e.depth for e in entries) == 2
 
 

@@ -65,7 +65,7 @@ from ._image import (
     verify_segment_set,
 )
 from ._kexec_syscall import KexecSegment, kexec_load_crash, segment_array
-from ._memmap import E820Entry, E820Type, IomemRange, PhysRange, RangeKind, backup_source, capture_memory_map
+from ._memmap import E820Entry, E820Type, IomemRange, RangeKind, backup_source, capture_memory_map
 from ._purgatory import (
     OPTIONAL_SYMBOLS,
     REQUIRED_SYMBOLS,
@@ -111,7 +111,6 @@ __all__ = [
     "KexecLoadError",
     "KexecSegment",
     "Layout",
-    "PhysRange",
     "PrefixDigest",
     "PreparedImage",
     "PurgatoryBlob",

@@ -1,7 +1,6 @@
 """The ``kexec-fast`` loader backend: the fast-path core wired into the updater.
 
-:func:`create_backend` is the hook the updater looks for
-(``updater._backends.fastpath_factory``).  It loads the same capture kernel,
+:func:`create_backend` makes it (``updater.open_updater`` calls it).  It loads the same capture kernel,
 initrd and command line the ``kexec`` backend would run kexec-tools with
 (:class:`~updater.KexecCommand`, from ``[kexec]`` and the distro's kdump
 config), and the purgatory from the kexec-tools binary (or
@@ -56,8 +55,9 @@ from typing import Any
 import trio
 
 from ground.errors import ConfigError, KdumpCoalesceError
+from ground.ranges import PhysRange
 
-from .._backends import LoadOutcome, LoadRequest
+from .._loader import LoadOutcome, LoadRequest
 from .._config import KexecSettings, UpdaterSettings
 from .._distro import KexecCommand, resolve_kexec_command
 from .._elfcorehdr import PT_LOAD, ElfCoreHeader, segment_size_for
@@ -68,7 +68,7 @@ from ._bzimage import BzImage, load_bzimage
 from ._errors import ElfcorehdrOverflowError, KexecLoadError, VerificationError
 from ._image import CaptureKernel, FastPathInputs, PreparedImage, VerifiedSegmentSet, prepare
 from ._kexec_syscall import kexec_load_crash
-from ._memmap import IomemRange, PhysRange, RangeKind
+from ._memmap import IomemRange, RangeKind
 from ._purgatory import PurgatoryBlob, load_purgatory
 
 log = logging.getLogger("kdump_coalesce.updater.fastpath")
@@ -88,13 +88,13 @@ def iomem_ranges(entries: Sequence[IomemEntry]) -> tuple[IomemRange, ...]:
     for e in entries:
         kind = _KIND_OF_NAME.get(e.name)
         if kind is not None:
-            out.append(IomemRange(e.start, e.end, kind))
+            out.append(IomemRange(e.range, kind))
     return tuple(sorted(out))
 
 
 def crash_regions_of(snapshot: SystemSnapshot) -> tuple[PhysRange, ...]:
-    """The snapshot's "Crash kernel" ranges ([start, end)) as inclusive physical ranges."""
-    return tuple(sorted(PhysRange(r.start, r.end - 1) for r in snapshot.crash_kernel))
+    """The snapshot's "Crash kernel" ranges, sorted."""
+    return tuple(sorted(snapshot.crash_kernel))
 
 
 def read_iomem(root: str) -> tuple[IomemRange, ...]:
@@ -321,7 +321,6 @@ class KexecFastBackend:
     # False although the elfcorehdr slot is fixed per prepared image: the
     # backend re-prepares with a larger slot itself when a header outgrows
     # it, so the updater must not refuse such a header before we see it.
-    fixed_layout = False
 
     def __init__(self, command: KexecCommand, settings: UpdaterSettings, engine: FastPathEngine) -> None:
         self.command = command

@@ -195,9 +195,11 @@ def build_setup_segment(
 
     put(buf, "e820_entries", len(e820))
     for i, entry in enumerate(e820):
-        struct.pack_into(E820_ENTRY_FORMAT, buf, 0x2D0 + 20 * i, entry.addr, entry.size, int(entry.type))
-        if entry.type == 1 and entry.addr <= 0x100000 < entry.end:
-            mem_k = (entry.end >> 10) - (0x100000 >> 10)
+        r = entry.range
+        struct.pack_into(E820_ENTRY_FORMAT, buf, 0x2D0 + 20 * i, r.start, r.size, int(entry.type))
+        # kexec-tools' rule, on its inclusive range ends: RAM across 1 MiB.
+        if entry.type == 1 and r.start <= 0x100000 < r.last:
+            mem_k = (r.last >> 10) - (0x100000 >> 10)
             put(buf, "ext_mem_k", min(mem_k, 0xFC00))
             put(buf, "alt_mem_k", min(mem_k, 0xFFFFFFFF))
     put(buf, "acpi_rsdp_addr", acpi_rsdp)

@@ -33,7 +33,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from ground.errors import InputError
+from ground.ranges import PhysRange
 
+from .._elfcorehdr import EHDR_SIZE, PHDR_SIZE
+from .._parse import ELF64_IDENT_PREFIX, ET_CORE
 from ._bootparams import (
     acpi_rsdp_from_boot_params,
     RNG_SEED_SIZE,
@@ -50,7 +53,6 @@ from ._memmap import (
     PAGE_SIZE,
     E820Entry,
     IomemRange,
-    PhysRange,
     backup_source,
     capture_memory_map,
     firmware_ranges,
@@ -68,8 +70,6 @@ from ._segments import (
 )
 
 DEFAULT_ELFCOREHDR_CAPACITY = 64 * 1024
-ELF64_EHDR_SIZE = 64
-ELF64_PHDR_SIZE = 56
 # Minimum addresses kexec-tools gives add_buffer (do_bzImage64_load,
 # setup_linux_bootloader_parameters_high): nothing in the first pages, the
 # kernel above 1 MiB, the initrd above 16 MiB.
@@ -100,7 +100,7 @@ def elfcorehdr_capacity_for(cpus: int, ram_ranges: int, spare_headers: int = 64)
     and the cached digest, unchanged while CPUs and memory come and go.
     """
     headers = cpus + ram_ranges + 2 + spare_headers  # + vmcoreinfo note + kernel text load
-    return max(16 * 1024, align_up(ELF64_EHDR_SIZE + ELF64_PHDR_SIZE * headers, PAGE_SIZE))
+    return max(16 * 1024, align_up(EHDR_SIZE + PHDR_SIZE * headers, PAGE_SIZE))
 
 
 @dataclass(frozen=True)
@@ -190,10 +190,6 @@ def purgatory_view(purg: RelocatedPurgatory) -> PurgatoryView:
     )
 
 
-def _range(mem: int, size: int) -> PhysRange:
-    return PhysRange(mem, mem + size - 1)
-
-
 class PreparedImage:
     """A crash image laid out and hashed once, ready to take elfcorehdrs batch after batch."""
 
@@ -202,7 +198,7 @@ class PreparedImage:
         self.inputs = inputs
         if not inputs.crash_regions:
             raise SegmentLayoutError("crash kernel region", "none reserved (boot with crashkernel=)")
-        if inputs.elfcorehdr_capacity <= ELF64_EHDR_SIZE:
+        if inputs.elfcorehdr_capacity <= EHDR_SIZE:
             raise SegmentLayoutError("elfcorehdr", f"capacity {inputs.elfcorehdr_capacity} is too small")
         kernel = inputs.capture.kernel
         initrd = inputs.capture.initrd
@@ -213,7 +209,7 @@ class PreparedImage:
         backup_size = align_up(src.size, 1024)
         # The command line's length depends on the elfcorehdr address, which
         # is not known before placement; "elfcorehdr=<max digits>K" bounds it.
-        worst_cmdline = capture_cmdline(inputs.capture.cmdline, (region.end // 1024) * 1024, acpi_rsdp)
+        worst_cmdline = capture_cmdline(inputs.capture.cmdline, (region.last // 1024) * 1024, acpi_rsdp)
         requests = {
             SegmentKind.ELFCOREHDR: PlacementRequest(SegmentKind.ELFCOREHDR, inputs.elfcorehdr_capacity, 1024),
             SegmentKind.PURGATORY: PlacementRequest(
@@ -239,8 +235,8 @@ class PreparedImage:
             )
         placed = {p.kind: p for p in place_top_down(region, [requests[k] for k in _PLACEMENT_ORDER if k in requests])}
 
-        elf_slot = _range(placed[SegmentKind.ELFCOREHDR].mem, placed[SegmentKind.ELFCOREHDR].memsz)
-        backup = _range(placed[SegmentKind.BACKUP].mem, placed[SegmentKind.BACKUP].memsz)
+        elf_slot = PhysRange.from_size(placed[SegmentKind.ELFCOREHDR].mem, placed[SegmentKind.ELFCOREHDR].memsz)
+        backup = PhysRange.from_size(placed[SegmentKind.BACKUP].mem, placed[SegmentKind.BACKUP].memsz)
         cmdline = capture_cmdline(inputs.capture.cmdline, elf_slot.start, acpi_rsdp)
         e820 = capture_memory_map(
             src,
@@ -287,11 +283,11 @@ class PreparedImage:
             backup_source=src,
             backup=backup,
             elfcorehdr=elf_slot,
-            purgatory=_range(purgatory_mem, placed[SegmentKind.PURGATORY].memsz),
-            setup=_range(setup_mem, placed[SegmentKind.SETUP].memsz),
-            setup_data=_range(setup_data_mem, placed[SegmentKind.SETUP_DATA].memsz) if setup_data else None,
-            kernel=_range(kernel_mem, placed[SegmentKind.KERNEL].memsz),
-            initrd=_range(initrd_mem, placed[SegmentKind.INITRD].memsz) if initrd else None,
+            purgatory=PhysRange.from_size(purgatory_mem, placed[SegmentKind.PURGATORY].memsz),
+            setup=PhysRange.from_size(setup_mem, placed[SegmentKind.SETUP].memsz),
+            setup_data=PhysRange.from_size(setup_data_mem, placed[SegmentKind.SETUP_DATA].memsz) if setup_data else None,
+            kernel=PhysRange.from_size(kernel_mem, placed[SegmentKind.KERNEL].memsz),
+            initrd=PhysRange.from_size(initrd_mem, placed[SegmentKind.INITRD].memsz) if initrd else None,
             entry=purg.entry,
             cmdline=cmdline,
             e820=e820,
@@ -381,13 +377,13 @@ class PreparedImage:
         return {
             "entry": self.layout.entry,
             "flags": KEXEC_CRASH_FLAGS,
-            "crash_region": [self.layout.crash_region.start, self.layout.crash_region.end],
+            "crash_region": [self.layout.crash_region.start, self.layout.crash_region.last],  # inclusive, as /proc/iomem
             "purgatory_digest": digest.hex(),
             "purgatory_source": self.inputs.purgatory.source,
             "kernel": self.inputs.capture.kernel.source,
             "kernel_version": self.inputs.capture.kernel.kernel_version,
             "cmdline": self.layout.cmdline,
-            "e820": [[e.addr, e.size, int(e.type)] for e in self.layout.e820],
+            "e820": [[e.range.start, e.range.size, int(e.type)] for e in self.layout.e820],
             "segments": rows,
             "timings": {"prepare_s": self.prepare_seconds, "build_s": build_seconds},
         }
@@ -413,10 +409,10 @@ class PreparedImage:
 
 
 def _check_elfcorehdr(data: bytes) -> None:
-    if len(data) < ELF64_EHDR_SIZE or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+    if len(data) < EHDR_SIZE or not data.startswith(ELF64_IDENT_PREFIX):
         raise InputError("elfcorehdr", "not a little-endian ELF64 header")
     (e_type,) = struct.unpack_from("<H", data, 16)
-    if e_type != 4:
+    if e_type != ET_CORE:
         raise InputError("elfcorehdr", f"ELF type {e_type} is not ET_CORE")
 
 

@@ -21,8 +21,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from ground.ranges import PhysRange, subtract_all
+
 from ._errors import SegmentLayoutError
-from ._memmap import PAGE_SIZE, PhysRange
+from ._memmap import PAGE_SIZE
 
 KEXEC_SEGMENT_MAX = 16
 KEXEC_ON_CRASH = 0x00000001
@@ -114,14 +116,14 @@ def place_top_down(region: PhysRange, requests: Sequence[PlacementRequest]) -> t
     if len(requests) > KEXEC_SEGMENT_MAX:
         raise SegmentLayoutError("segment list", f"{len(requests)} segments exceed KEXEC_SEGMENT_MAX ({KEXEC_SEGMENT_MAX})")
     placed: list[Placement] = []
-    free: list[tuple[int, int]] = [(region.start, region.end + 1)]  # [start, end)
+    free: tuple[PhysRange, ...] = (region,)
     for req in requests:
         memsz = align_up(req.memsz, PAGE_SIZE)
         align = max(req.align, PAGE_SIZE)
         base = -1
-        for lo, hi in reversed(free):
-            candidate = align_down(hi - memsz, align)
-            if candidate >= max(lo, req.min_addr):
+        for gap in reversed(free):
+            candidate = align_down(gap.end - memsz, align)
+            if candidate >= max(gap.start, req.min_addr):
                 base = candidate
                 break
         if base < 0:
@@ -131,8 +133,8 @@ def place_top_down(region: PhysRange, requests: Sequence[PlacementRequest]) -> t
                 f"after {sum(p.memsz for p in placed)} bytes of other segments",
             )
         placed.append(Placement(req.kind, base, memsz))
-        free = _cut(free, base, base + memsz)
-    if free_pages(region, [(p.mem, p.mem + p.memsz) for p in placed]) < CONTROL_PAGES:
+        free = subtract_all(free, [PhysRange.from_size(base, memsz)])
+    if free_pages(region, [PhysRange.from_size(p.mem, p.memsz) for p in placed]) < CONTROL_PAGES:
         raise SegmentLayoutError(
             f"crash kernel region {region}",
             f"too small: fewer than {CONTROL_PAGES} free pages left for the kernel's control pages",
@@ -140,25 +142,10 @@ def place_top_down(region: PhysRange, requests: Sequence[PlacementRequest]) -> t
     return tuple(placed)
 
 
-def _cut(free: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for lo, hi in free:
-        if end <= lo or start >= hi:
-            out.append((lo, hi))
-            continue
-        if lo < start:
-            out.append((lo, start))
-        if end < hi:
-            out.append((end, hi))
-    return out
-
-
-def free_pages(region: PhysRange, used: Sequence[tuple[int, int]]) -> int:
-    """Whole free pages left in ``region`` around ``used`` ([start, end) pairs)."""
-    free = [(region.start, region.end + 1)]
-    for start, end in used:
-        free = _cut(free, start, end)
-    return sum(max(0, align_down(hi, PAGE_SIZE) - align_up(lo, PAGE_SIZE)) // PAGE_SIZE for lo, hi in free)
+def free_pages(region: PhysRange, used: Sequence[PhysRange]) -> int:
+    """Whole free pages left in ``region`` around ``used``."""
+    free = subtract_all([region], used)
+    return sum(max(0, align_down(gap.end, PAGE_SIZE) - align_up(gap.start, PAGE_SIZE)) // PAGE_SIZE for gap in free)
 
 
 def check_kexec_rules(segments: Sequence[Segment], entry: int, region: PhysRange) -> list[str]:
@@ -175,13 +162,14 @@ def check_kexec_rules(segments: Sequence[Segment], entry: int, region: PhysRange
             problems.append(f"{name}: mem 0x{s.mem:x} / memsz 0x{s.memsz:x} not page aligned")
         if s.bufsz > s.memsz:
             problems.append(f"{name}: bufsz {s.bufsz} > memsz {s.memsz}")
-        if s.mem < region.start or s.end - 1 > region.end:
+        if s.mem < region.start or s.end > region.end:
             problems.append(f"{name}: outside the crash kernel region {region}")
         if previous_end is not None and s.mem < previous_end:
             problems.append(f"{name}: overlaps the previous segment or is out of order")
         previous_end = s.end
-    if not region.start <= entry <= region.end:
+    if not region.start <= entry < region.end:
         problems.append(f"entry 0x{entry:x} outside the crash kernel region {region}")
-    if free_pages(region, [(s.mem, s.end) for s in segments]) < CONTROL_PAGES:
+    # A segment with no size (already a problem above) takes no page.
+    if free_pages(region, [PhysRange(s.mem, s.end) for s in segments if s.memsz > 0]) < CONTROL_PAGES:
         problems.append(f"fewer than {CONTROL_PAGES} free pages left in the crash region for the control pages")
     return problems
