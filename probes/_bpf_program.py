@@ -53,6 +53,13 @@ What the kernel side does, and why:
   (``release_mem_region_adjustable``) once its "every block offline" check
   passed: a return of 0 is a removal, non-zero (-EBUSY) a refusal that changed
   nothing.  Both are recorded at return only: the return code decides.
+  (``try_remove_memory`` came with eca499ab3749 "mm/hotplug: make
+  remove_memory() interface usable", Linux 5.3; 6b8f0798b85a
+  "mm/memory_hotplug: split memmap_on_memory requests across memblocks",
+  6.7, kept its name and signature; the virtio-mem entry points came with
+  7b7b27214bba "mm/memory_hotplug: introduce add_memory_driver_managed()"
+  and 08b3acd7a68f "mm/memory_hotplug: Introduce
+  offline_and_remove_memory()", 5.8.)
   ``try_remove_memory`` is static; Debian's 6.1 and 6.12 builds keep it out of
   line (it is in their vmlinux BTF, which pahole fills from ftrace's
   mcount_loc, so fentry and kprobes can attach).  kretprobes do not see the
