@@ -325,6 +325,10 @@ class ReloadRecord:
     detail: str | None = None
     attempts: int | None = None
     earlier_errors: tuple[str, ...] = ()
+    # Removals the events reported while /proc/iomem still listed the memory:
+    # how often the state was re-read, and what it still listed at the end.
+    rechecks: int = 0
+    removed_still_listed: tuple[PhysRange, ...] = ()
     at: float = 0.0  # Unix time of the decision
     backend_figures: Mapping[str, Any] = field(default_factory=dict)
 

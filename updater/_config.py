@@ -1,6 +1,6 @@
 """The updater's config sections: ``[updater]`` and ``[kexec]``.
 
-Every field is a TOML key; a field with a ``flag`` is also an option of
+Every field is a TOML key; a field with ``cli=True`` is also an option of
 ``kdump-coalesce run`` (see :mod:`ground.config`).
 """
 
@@ -49,6 +49,12 @@ class UpdaterSettings:
     headroom_cpus: int = option(8, help="spare program headers in the elfcorehdr segment for hot-added CPUs")
     keep_staged: int = option(8, help="how many staged dry-run loads to keep")
     retry_delay: float = option(0.5, help="seconds before the one retry of a failed reload")
+    removal_recheck: float = option(
+        5.0,
+        help="when a batch's events say memory was removed but /proc/iomem still lists it, re-read the live state "
+        "for up to this many seconds before deciding (0: decide on the first read)",
+    )
+    removal_recheck_interval: float = option(0.25, help="seconds between those re-reads")
     snapshot_root: str = option("/", help="read /proc and /sys under this directory (tests, replaying a captured host)")
     fast_verify: str = option(
         "first-full",

@@ -44,6 +44,7 @@ from ground.errors import ConfigError, InputError, KdumpCoalesceError, Unavailab
 from ground.files import atomic_write
 from ground.kexec_log import KexecCall, KexecCallLog
 from ground.observer import Observer
+from ground.ranges import PhysRange
 from ground.records import (
     Batch,
     BatchSummary,
@@ -129,14 +130,7 @@ class Updater:
 
     def header_options(self, backend: LoaderBackend | None = None) -> HeaderOptions:
         backend = backend or self.backend
-        load_path = backend.load_path if backend is not None else "kernel"
-        kernel_like = load_path in ("kexec_file_load", "kernel")
-        s = self.settings
-        return HeaderOptions(
-            cpu_notes=s.cpu_notes if s.cpu_notes != "auto" else ("possible" if kernel_like else "present"),
-            cut_low_1m=(s.low_1m == "cut") if s.low_1m != "auto" else kernel_like,
-            driver_managed=s.driver_managed,
-        )
+        return HeaderOptions.for_settings(self.settings, backend.load_path if backend is not None else "kernel")
 
     async def reconcile(self) -> None:
         """Start-up: build the header from the live state and load it unless
@@ -251,9 +245,11 @@ class Updater:
         try:
             snapshot = await self._snapshot()
             header = self._build(snapshot)
+            snapshot, header, rechecks, still = await self._await_removals(batch, snapshot, header)
         except (KdumpCoalesceError, OSError) as exc:
             self._fail(batch.seq, t0, f"cannot build the header: {exc}", batch=batch)
             return
+        found: dict[str, Any] = {"rechecks": rechecks, "removed_still_listed": still} if rechecks else {}
         diff = diff_headers(self.loaded, header)
         if self.loaded is not None and diff.empty:
             why = "header unchanged"
@@ -261,9 +257,47 @@ class Updater:
                 why += " (the live state does not show the batch's memory changes: events are hints)"
             elif batch.cpus_online or batch.cpus_offline:
                 why += f" (CPU notes follow {header.options.cpu_notes if header.options else 'present'} CPUs; online/offline changes nothing loaded)"
-            self._record(ReloadResult.SKIPPED, why, batch.seq, t0, batch=batch, snapshot=snapshot, header=header, diff=diff)
+            if still:
+                why += (
+                    f"; the events say {', '.join(map(str, still))} was removed, but /proc/iomem still lists it after "
+                    f"{rechecks} re-read(s) over {self.settings.removal_recheck:g} s: the state decides, so it stays in the header"
+                )
+            self._record(ReloadResult.SKIPPED, why, batch.seq, t0, batch=batch, snapshot=snapshot, header=header, diff=diff, extra=found)
             return
-        await self._reload(batch.seq, snapshot, header, diff, f"batch {batch.seq}: {diff.describe()}", t0, batch=batch)
+        await self._reload(batch.seq, snapshot, header, diff, f"batch {batch.seq}: {diff.describe()}", t0, batch=batch, extra=found)
+
+    async def _await_removals(
+        self, batch: Batch, snapshot: SystemSnapshot, header: ElfCoreHeader
+    ) -> tuple[SystemSnapshot, ElfCoreHeader, int, tuple[PhysRange, ...]]:
+        """Re-read the live state while it still lists memory the batch's
+        events say was removed, for at most ``removal_recheck`` seconds.
+
+        A ``remove`` can reach us before the kernel has released the resource:
+        the BPF probe fires on entry to the remove path, and a batch may close
+        (``urgent_quiet``) while an ACPI eject of a big DIMM is still walking
+        its blocks.  Loading then would keep the gone memory in the header,
+        which is the worst thing the header can say; waiting a bounded time and
+        reading again is cheap.  Events stay hints: when the state still lists
+        the memory at the end, it stays in the header and the record says so.
+        Returns the snapshot and header to use, the number of re-reads, and
+        the removed ranges still listed."""
+        still = _still_listed(batch.removed, header)
+        if not still:
+            return snapshot, header, 0, ()
+        rechecks = 0
+        with trio.move_on_after(self.settings.removal_recheck):
+            while still:
+                await trio.sleep(self.settings.removal_recheck_interval)
+                snapshot = await self._snapshot()
+                header = self._build(snapshot)
+                rechecks += 1
+                still = _still_listed(batch.removed, header)
+        if still:
+            log.warning(
+                "batch %d: removed memory %s is still System RAM in /proc/iomem after %d re-read(s); keeping it in the header",
+                batch.seq, ", ".join(map(str, still)), rechecks,
+            )
+        return snapshot, header, rechecks, still
 
     async def _snapshot(self) -> SystemSnapshot:
         snapshot = await trio.to_thread.run_sync(self.reader, self.settings.snapshot_root)
@@ -274,7 +308,15 @@ class Updater:
         return ElfCoreHeader.build(snapshot, self.header_options(backend or self.backend))
 
     async def _reload(
-        self, seq: int, snapshot: SystemSnapshot, header: ElfCoreHeader, diff: HeaderDiff, reason: str, t0: float, batch: Batch | None = None
+        self,
+        seq: int,
+        snapshot: SystemSnapshot,
+        header: ElfCoreHeader,
+        diff: HeaderDiff,
+        reason: str,
+        t0: float,
+        batch: Batch | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> bool:
         assert self.backend is not None
         attempts: list[tuple[LoaderBackend, str]] = [(self.backend, "")]
@@ -283,7 +325,7 @@ class Updater:
         else:
             attempts.append((self.backend, "retry"))
         errors: list[str] = []
-        failed_records: dict[str, Any] = {}
+        failed_records: dict[str, Any] = dict(extra or {})
         for index, (backend, kind) in enumerate(attempts):
             if kind == "retry":
                 self.counts["retries"] += 1
@@ -299,15 +341,15 @@ class Updater:
                 self.state = UpdaterState.OK
                 self.last_error = None
                 result = ReloadResult.FALLBACK if kind == "fallback" else ReloadResult.OK
-                extra: dict[str, Any] = {"detail": outcome.detail, "attempts": index + 1}
+                figures: dict[str, Any] = {"detail": outcome.detail, "attempts": index + 1}
                 if errors:
-                    extra["earlier_errors"] = errors
+                    figures["earlier_errors"] = errors
                 # A backend's own figures (kexec-fast: user-space work vs syscall).
-                extra.update(failed_records)
-                extra.update(outcome.extra.get("record", {}))
+                figures.update(failed_records)
+                figures.update(outcome.extra.get("record", {}))
                 self._record(
                     result, reason, seq, t0, batch=batch, snapshot=snapshot, header=header, diff=diff, backend=backend,
-                    window=window, outcome=outcome, extra=extra,
+                    window=window, outcome=outcome, extra=figures,
                 )
                 return True
             errors.append(f"{backend.name}: {outcome.detail}")
@@ -461,6 +503,8 @@ class Updater:
             diff=diff.describe() if diff else None,
             merged=batch.merged if batch is not None else None,
             events=batch.events if batch is not None else None,
+            rechecks=figures.pop("rechecks", 0),
+            removed_still_listed=tuple(figures.pop("removed_still_listed", ())),
             detail=figures.pop("detail", None),
             attempts=figures.pop("attempts", None),
             earlier_errors=tuple(figures.pop("earlier_errors", ())),
@@ -469,6 +513,16 @@ class Updater:
         )
         self.last_reload = record
         self.observer.on_record(record)
+
+
+def _still_listed(removed: tuple[PhysRange, ...], header: ElfCoreHeader) -> tuple[PhysRange, ...]:
+    """The parts of ``removed`` that ``header`` still lists as RAM."""
+    out = []
+    for gone in removed:
+        for ram in header.ram_ranges:
+            if gone.overlaps(ram):
+                out.append(PhysRange(max(gone.start, ram.start), min(gone.end, ram.end)))
+    return tuple(out)
 
 
 class ReloadFailed(ReloadError):

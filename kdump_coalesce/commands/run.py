@@ -18,6 +18,7 @@ from ground.tracefile import TraceHeader, open_trace_for_writing
 from .. import ops
 from .._log import LogObserver
 from ground.config import section_from
+from ground.sysfs import block_size_bytes
 from ..daemon import Daemon, DaemonSettings, Updater, settings_sections
 from ground.errors import EXIT_OK, ConfigError
 from ._common import add_config_flag, add_flags_of, read_config
@@ -97,8 +98,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _block_size() -> int:
-    try:
-        with open("/sys/devices/system/memory/block_size_bytes") as f:
-            return int(f.read().strip(), 16)
-    except (OSError, ValueError):
-        return 128 << 20
+    # The trace header's block size; 128 MiB (x86's default) when this kernel has no memory hotplug.
+    return block_size_bytes() or 128 << 20

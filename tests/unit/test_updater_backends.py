@@ -356,3 +356,46 @@ def test_status_without_daemon(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{")
     assert cli_main(["status", "--status-file", str(tmp_path / "bad.json")]) == 2
     assert os.path.exists(tmp_path / "bad.json")
+
+
+# -- a removal the events report before the state shows it (issue 12) -------------
+
+
+async def test_removal_waits_for_the_state_then_reloads_without_the_memory(tmp_path: Path) -> None:
+    """The remove path's probe fires before the kernel releases the resource:
+    the first snapshots still list the DIMM.  The updater re-reads (bounded)
+    and loads the header without it, instead of calling it unchanged."""
+    from ground.ranges import PhysRange
+
+    dimm = RamRange(0x640000000, 0x680000000)
+    base = loaded(read_snapshot(str(LIVE)))
+    with_dimm = dataclasses.replace(base, ram=base.ram + (dimm,))
+    updater, recorder, log = kexec_updater(tmp_path, fail_times=0, snapshots=[with_dimm, with_dimm, with_dimm, with_dimm, base])
+    updater.settings = dataclasses.replace(updater.settings, removal_recheck=5.0, removal_recheck_interval=0.01)
+    await updater.reconcile()
+    assert recorder.reloads()[-1]["ranges"] == 4
+    await updater.consume(batch(1, removed=(PhysRange(dimm.start, dimm.end),), urgent=True))
+    rec = recorder.reloads()[-1]
+    assert rec["result"] == "ok" and rec["ranges"] == 3 and "-1 range(s)" in rec["diff"]
+    assert rec["rechecks"] == 3 and rec["removed_still_listed"] == []
+    assert len(log.read_text().splitlines()) == 2
+
+
+async def test_removal_the_state_never_shows_is_reported_not_loaded(tmp_path: Path) -> None:
+    """Events are hints: when /proc/iomem keeps listing the memory for the
+    whole bound, it stays in the header and the record says what was found."""
+    from ground.ranges import PhysRange
+
+    dimm = RamRange(0x640000000, 0x680000000)
+    base = loaded(read_snapshot(str(LIVE)))
+    with_dimm = dataclasses.replace(base, ram=base.ram + (dimm,))
+    snapshots = [with_dimm] * 1000
+    updater, recorder, log = kexec_updater(tmp_path, fail_times=0, snapshots=snapshots)
+    updater.settings = dataclasses.replace(updater.settings, removal_recheck=0.2, removal_recheck_interval=0.05)
+    await updater.reconcile()
+    await updater.consume(batch(1, removed=(PhysRange(dimm.start, dimm.end),), urgent=True))
+    rec = recorder.reloads()[-1]
+    assert rec["result"] == "skipped" and rec["rechecks"] >= 2
+    assert rec["removed_still_listed"] == [[dimm.start, dimm.end]]
+    assert "/proc/iomem still lists it" in rec["reason"]
+    assert len(log.read_text().splitlines()) == 1  # only the start-up load
