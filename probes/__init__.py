@@ -14,10 +14,16 @@ from ._replay import ReplaySource, replay_scenario, replay_trace
 from ._scenario import SCENARIOS, Scenario, build_scenario
 from ._select import SOURCE_SPECS, Coverage, SourceSelection, open_sources, plan_coverage
 from ._source import EventSource
+from ._sysfs import block_size_bytes, cpus_online, crash_hotplug, kexec_crash_loaded, memory_blocks_online
 from ._uevent import Uevent, UeventError, UeventSource, parse_uevent, uevent_to_event
 from ._units import format_size, parse_duration_ns, parse_size
 
 __all__ = [
+    "block_size_bytes",
+    "cpus_online",
+    "crash_hotplug",
+    "kexec_crash_loaded",
+    "memory_blocks_online",
     "ALL_CHANGES",
     "GROUPS",
     "UEVENT_ALWAYS",

@@ -24,10 +24,10 @@ import trio
 from coalescer import BatchRecorder, CoalescerStage, Policy, TraceObserver, run_pipeline
 from ground.observer import FanOut
 from ground.records import Batch, KexecCallRecord, NoteRecord, Record
+import probes
 from probes import SOURCE_SPECS, open_sources
 from ground.kexec_log import KexecCall, KexecCallLog
 from ground.events import EventsLost, HotplugEvent, Kind, SourceItem
-from probes import _sysfs
 from ground.tracefile import TraceHeader, TraceWriter, open_trace_for_writing
 
 from ground.errors import EXIT_OK, ConfigError
@@ -179,14 +179,14 @@ class HostState:
     read_at: float = 0.0
 
     def refresh(self) -> None:
-        self.cpus = _sysfs.cpus_online()
-        self.memory_blocks = _sysfs.memory_blocks_online()
-        self.block_size = _sysfs.block_size_bytes()
-        loaded = _sysfs.kexec_crash_loaded()
+        self.cpus = probes.cpus_online()
+        self.memory_blocks = probes.memory_blocks_online()
+        self.block_size = probes.block_size_bytes()
+        loaded = probes.kexec_crash_loaded()
         if self.read_at and loaded != self.kdump_loaded:
             self.kdump_since = time.time()
         self.kdump_loaded = loaded
-        self.crash_hotplug = {k: _sysfs.crash_hotplug(k) for k in ("cpu", "memory")}
+        self.crash_hotplug = {k: probes.crash_hotplug(k) for k in ("cpu", "memory")}
         self.read_at = time.monotonic()
 
 
@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
         for note in selection.notes:
             print(f"note {note}", file=sys.stderr)
     if args.output:
-        header = TraceHeader.for_this_host(selection.block_size or _sysfs.block_size_bytes() or 128 << 20)
+        header = TraceHeader.for_this_host(selection.block_size or probes.block_size_bytes() or 128 << 20)
         try:
             writer = open_trace_for_writing(args.output, header)
         except OSError as exc:
