@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias, TypeVar
 
+from .kexec_log import KexecCall
 from .ranges import PhysRange
 
 T = TypeVar("T")
@@ -379,6 +380,13 @@ class KexecCallRecord:
     note: str = ""
 
     KIND: ClassVar[str] = "kexec-call"
+
+    @classmethod
+    def of(cls, call: KexecCall, *, external: bool, note: str = "") -> KexecCallRecord:
+        return cls(
+            external=external, syscall=call.syscall, pid=call.pid, comm=call.comm, flags=call.flags, ret=call.ret,
+            window_s=call.window_s, enter_ns=call.enter_ns, exit_ns=call.exit_ns, note=note,
+        )
 
 
 @dataclass(frozen=True, slots=True)

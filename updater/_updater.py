@@ -432,20 +432,8 @@ class Updater:
             if call.pid in self._own_pids or call.pid == os.getpid():
                 continue
             self.counts["external_kexec_calls"] += 1
-            self.observer.on_record(
-                KexecCallRecord(
-                    external=True,
-                    syscall=call.syscall,
-                    pid=call.pid,
-                    comm=call.comm,
-                    flags=call.flags,
-                    ret=call.ret,
-                    window_s=call.window_s,
-                    enter_ns=call.enter_ns,
-                    exit_ns=call.exit_ns,
-                    note="a reload made by someone else (distro udev rule, admin): the loaded header is no longer ours",
-                )
-            )
+            note = "a reload made by someone else (distro udev rule, admin): the loaded header is no longer ours"
+            self.observer.on_record(KexecCallRecord.of(call, external=True, note=note))
             if call.on_crash and call.ret == 0:
                 self.loaded = None  # someone else loaded something: not known to match any more
         if calls:

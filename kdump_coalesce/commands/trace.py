@@ -367,19 +367,7 @@ async def _kexec_calls(log: KexecCallLog, plain: bool, observer: FanOut) -> None
         # The log is bounded: once full, every append is one new call.
         for call in calls[seen:] if seen < len(calls) else calls[-1:]:
             # trace loads nothing itself: every call it sees is someone else's.
-            observer.on_record(
-                KexecCallRecord(
-                    external=True,
-                    syscall=call.syscall,
-                    pid=call.pid,
-                    comm=call.comm,
-                    flags=call.flags,
-                    ret=call.ret,
-                    window_s=call.window_s,
-                    enter_ns=call.enter_ns,
-                    exit_ns=call.exit_ns,
-                )
-            )
+            observer.on_record(KexecCallRecord.of(call, external=True))
             if plain:
                 print(kexec_line(call), flush=True)
         seen = len(calls)
