@@ -5,7 +5,8 @@ What the kernel side does, and why:
 - **CPUs: raw tracepoints ``cpuhp_enter``/``cpuhp_exit``** (kernel/cpu.c).
   Raw tracepoints need no tracefs and no format file, and their arguments are
   the TP_PROTO's (``cpuhp_exit(unsigned int cpu, int state, int idx, int
-  ret)``, unchanged since the state machine came in with Linux 4.6).  One CPU
+  ret)``, unchanged since they came with the hotplug state machine, Linux
+  4.6, "cpu/hotplug: Add tracepoints"; commit id not verified).  One CPU
   going online runs ~35 callbacks; the filter below keeps the one exit that
   says it is done, in the kernel:
 
@@ -35,8 +36,12 @@ What the kernel side does, and why:
   then).  Entry is ``going-online``/``going-offline``, return is
   ``online``/``offline`` with the return code (non-zero: it failed, nothing
   changed).  fexit sees the return value after the function's parameters, so
-  the parameter count comes from BTF (it was 2 for offline_pages before Linux
-  5.12's memory groups, 4 since).  kretprobes do not see the arguments: the
+  the parameter count comes from BTF (offline_pages took 2 through Linux
+  5.14; 3 in 5.15, whose memory groups added ``group``: 836809ec75cc
+  "mm/memory_hotplug: track present pages in memory groups"; 4 by 5.19,
+  with ``zone``, likely from 395f6081bad4 "drivers/base/memory: determine
+  and store zone for single-zone memory blocks", commit not verified as
+  the one).  kretprobes do not see the arguments: the
   entry probe keeps them per thread.
 
 - **Memory add/remove: ``add_memory_resource``/``try_remove_memory``
@@ -74,7 +79,8 @@ What the kernel side does, and why:
   such events (the 6.18 host): they are left out and the log stays inactive.
 
 - Every record goes through one BPF ring buffer (``BPF_RINGBUF_OUTPUT``,
-  Linux 5.8): unlike perf buffers it has no per-CPU readers that miss a CPU
+  Linux 5.8, 457f44363a88 "bpf: Implement BPF ring buffer and verifier
+  support for it"): unlike perf buffers it has no per-CPU readers that miss a CPU
   onlined later, and it keeps the order of reservation.  A failed
   reservation (buffer full) increments the per-CPU ``drops`` counter that
   user space turns into an :class:`~probes.EventsLost`.  Timestamps are

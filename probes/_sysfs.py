@@ -5,7 +5,9 @@ prefix (default ``/``) so that unit tests can point it at a captured tree
 (tests/fixtures/host).  A file the running kernel does not have is reported
 as ``None`` (missing), never as an exception: the 6.18 host has no
 ``kexec_crash_loaded`` nor ``crash_hotplug`` (no CONFIG_KEXEC), 6.1 has no
-``crash_hotplug`` (CONFIG_CRASH_HOTPLUG is 6.6+), and that is information.
+``crash_hotplug`` (CONFIG_CRASH_HOTPLUG and those files came in Linux 6.6,
+88a6f8994421 "crash: memory and CPU hotplug sysfs attributes"), and that is
+information.
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ def memory_blocks_online(root: str = "/") -> int | None:
 def crash_hotplug(kind: str, root: str = "/") -> str | None:
     """``/sys/devices/system/{cpu,memory}/crash_hotplug``: ``"1"`` when the
     kernel itself rewrites the elfcorehdr on hotplug (CONFIG_CRASH_HOTPLUG,
-    Linux 6.6+, and an image loaded to allow it), ``"0"`` otherwise, ``None``
+    Linux 6.6: 88a6f8994421 "crash: memory and CPU hotplug sysfs
+    attributes", ea53ad9cf73b "x86/crash: add x86 crash hotplug support";
+    and an image loaded to allow it), ``"0"`` otherwise, ``None``
     when the file does not exist, ``"unreadable"`` when it is root-only (the
     cpu one is) and we are not root."""
     directory = SYS_CPU if kind == "cpu" else SYS_MEMORY

@@ -5,8 +5,10 @@ and what changed) and returns a :class:`LoadOutcome`; the updater measures,
 retries, falls back and reports.  Backends:
 
 - ``kernel``: the kernel rewrites the elfcorehdr itself on every hotplug event
-  (CONFIG_CRASH_HOTPLUG, Linux 6.6 x86: ``/sys/devices/system/{memory,cpu}/
-  crash_hotplug`` read 1).  User space stands aside; the updater re-checks
+  (CONFIG_CRASH_HOTPLUG, Linux 6.6 x86: ea53ad9cf73b "x86/crash: add x86
+  crash hotplug support", a72bbec70da2 "crash: hotplug support for
+  kexec_load()"; ``/sys/devices/system/{memory,cpu}/crash_hotplug`` read 1,
+  files from 88a6f8994421 "crash: memory and CPU hotplug sysfs attributes").  User space stands aside; the updater re-checks
   after each batch.
 - ``kexec``: runs kexec-tools once per batch with the distro's kernel, initrd,
   command line and syscall (:mod:`._distro`).  kexec-tools reads /proc/iomem

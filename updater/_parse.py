@@ -54,7 +54,8 @@ class IomemEntry:
     @property
     def is_system_ram(self) -> bool:
         # "System RAM" and the driver-managed kinds added by
-        # add_memory_driver_managed() (Linux 5.8, 7b7b27214bba):
+        # add_memory_driver_managed() (Linux 5.8, 7b7b27214bba
+        # "mm/memory_hotplug: introduce add_memory_driver_managed()"):
         # "System RAM (kmem)" (dax/kmem), "System RAM (virtio_mem)".
         return self.name == "System RAM" or (self.name.startswith("System RAM (") and self.name.endswith(")"))
 
@@ -197,7 +198,7 @@ PT_LOAD = 1
 PT_NOTE = 4
 # gABI extended numbering: e_phnum == PN_XNUM means the count is in section
 # header 0's sh_info (binfmt_elf core dumps write it since Linux 2.6.34,
-# "elf coredump: add extended numbering support").
+# 8d9032bbe467 "elf coredump: add extended numbering support").
 PN_XNUM = 0xFFFF
 _SH_INFO = 7  # index of sh_info in ELF64_SHDR
 # More program headers than any kernel's /proc/kcore has (one PT_LOAD per
@@ -285,8 +286,9 @@ def kcore_text_mapping(
     (CONFIG_RANDOMIZE_BASE, which raises KERNEL_IMAGE_SIZE to 1 GiB) the text
     can sit beyond that window, so first look for the PT_LOAD in the kernel
     text map whose physical address is the "Kernel code" start of /proc/iomem:
-    kcore fills in p_paddr for the text mapping (fs/proc/kcore.c, since 4.19's
-    kcore rework), and that identifies it without any symbol."""
+    kcore fills in p_paddr for the text mapping (fs/proc/kcore.c, since Linux
+    4.11, 464920104bf7 "/proc/kcore: update physical address for kcore ram
+    and text"; zero before), and that identifies it without any symbol."""
 
     def shape(load: KcoreLoad) -> tuple[int, int]:
         start = load.vaddr & ~(KERN_VADDR_ALIGN - 1)

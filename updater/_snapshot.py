@@ -23,7 +23,9 @@ costs, and still yields a header for dry-run:
 - CPU notes are omitted (the header lists which CPUs lack one);
 - page_offset falls back to 0xffff888000000000, the x86_64 direct map base
   without KASLR memory randomization (kexec-tools ``X86_64_PAGE_OFFSET``, Linux
-  >= 4.20 with 4-level paging);
+  >= 4.20 with 4-level paging: d52888aa2753 "x86/mm: Move LDT remap out of
+  KASLR region on 5-level paging" moved it from 0xffff880000000000; 4.19.5
+  got it as a stable backport);
 - the kernel text mapping comes from /proc/kallsyms ``_stext`` (rounded down to
   1 MiB like kexec-tools) with the image size from the "Kernel code" .. "Kernel
   bss" resources of /proc/iomem; without kallsyms, 0xffffffff81000000
@@ -69,7 +71,10 @@ from ._parse import (
 
 DEFAULT_PAGE_OFFSET = 0xFFFF888000000000
 DEFAULT_TEXT_VADDR = 0xFFFFFFFF81000000
-MAX_NOTE_BYTES = 1024  # kexec-tools' size when crash_notes_size is absent (Linux < 4.6)
+# kexec-tools' size when crash_notes_size is absent (kernels before that sysfs
+# file: Documentation/ABI dates it April 2013, the Linux 3.10 cycle; commit
+# not verified).
+MAX_NOTE_BYTES = 1024
 SNAPSHOT_FORMAT = 1
 LOW_1M = 1 << 20
 

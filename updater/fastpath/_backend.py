@@ -124,8 +124,12 @@ def kexec_load_refused(root: str = "/") -> str:
     except OSError:
         pass
     try:
-        # Lockdown (Linux 5.4, aefcf2f4b581) refuses kexec_load in both modes;
-        # only kexec_file_load with a signed kernel is allowed then.
+        # Lockdown (Linux 5.4, merged by aefcf2f4b581 "Merge branch
+        # 'next-lockdown' of git://git.kernel.org/pub/scm/linux/kernel/git/
+        # jmorris/linux-security"; the kexec part is its patch "kexec_load:
+        # Disable at runtime if the kernel is locked down", id not verified)
+        # refuses kexec_load in both modes; only kexec_file_load with a
+        # signed kernel is allowed then.
         with open(os.path.join(root, "sys/kernel/security/lockdown")) as f:
             text = f.read()
         if "[integrity]" in text or "[confidentiality]" in text:

@@ -11,7 +11,9 @@ and kernel/kexec.c ``do_kexec_load``) for a KEXEC_ON_CRASH load:
 * free pages left in the region for what the kernel allocates there itself:
   the control code page (``kimage_alloc_control_pages`` in
   ``kimage_alloc_init``) and, since the vmcoreinfo safecopy moved into the
-  crash image (``kimage_crash_copy_vmcoreinfo``, Linux 4.19), one more page.
+  crash image (``kimage_crash_copy_vmcoreinfo``, Linux 4.13, 1229384f5b85 by
+  Xunlei Pang; its subject, "kdump: protect vmcoreinfo data under the crash
+  memory", not verified), one more page.
 """
 
 from __future__ import annotations
