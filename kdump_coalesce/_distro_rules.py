@@ -18,6 +18,20 @@ over a same-named one in /run/udev/rules.d and the library directories
 mask is a comments-only file that says who wrote it and how to undo it, so an
 operator who finds it knows what it is.
 
+Two ways to hold that mask, one per way of installing:
+
+- ``install-service`` (a checkout) writes it in /etc/udev/rules.d once the
+  service is ready and keeps it until ``uninstall-service``;
+- the Debian package's unit masks in /run/udev/rules.d instead
+  (:func:`take_over`, its ``ExecStartPost=``: after READY=1) and unmasks
+  (:func:`give_back`, its ``ExecStop=``, before the daemon is signalled, and
+  ``ExecStopPost=``): the rule is masked exactly while the daemon runs, so a
+  daemon that stops, crashes or never gets ready hands hotplug back to the
+  distro's rule at once, and after a reboot the rule runs until the daemon is
+  ready again.  /run is below /etc in udev's order, so an administrator's own
+  file in /etc/udev/rules.d still wins, and nothing in /etc is touched
+  (docs/operations.md, "The Debian package").
+
 Paths are all relative to a ``root`` so that tests (and ``--root``) work on a
 temporary tree.
 """
@@ -36,6 +50,7 @@ RULE_DIRS = (
     "lib/udev/rules.d",
 )
 OVERRIDE_DIR = "etc/udev/rules.d"
+RUNTIME_DIR = "run/udev/rules.d"
 MASK_MARKER = "# kdump-coalesce: masked"
 
 
@@ -53,7 +68,11 @@ KNOWN_RULES = (
 )
 
 
-def mask_text(rule: DistroRule | str, shipped: str) -> str:
+UNDO_INSTALL_SERVICE = "Undo with: kdump-coalesce uninstall-service"
+UNDO_RUNTIME = "It goes when kdump-coalesce.service stops (ExecStop=), and at reboot"
+
+
+def mask_text(rule: DistroRule | str, shipped: str, undo: str = UNDO_INSTALL_SERVICE) -> str:
     name = rule.name if isinstance(rule, DistroRule) else rule
     package = rule.package if isinstance(rule, DistroRule) else "the distro's kdump package"
     return (
@@ -61,7 +80,7 @@ def mask_text(rule: DistroRule | str, shipped: str) -> str:
         f"# This empty rules file overrides /{shipped} from {package},\n"
         "# which reloads the crash kernel once per CPU/memory hotplug event.\n"
         "# kdump-coalesce.service updates kdump once per burst instead.\n"
-        "# Undo with: kdump-coalesce uninstall-service\n"
+        f"# {undo}\n"
     )
 
 
@@ -129,3 +148,41 @@ def active_distro_rules(root: str = "/") -> list[tuple[DistroRule, RuleState]]:
     """The distro reload rules udev would run now: with kdump-coalesce running
     too, every hotplug burst is reloaded twice (``doctor`` and ``status`` say so)."""
     return [(rule, state) for rule, state in distro_rules(root) if state.active]
+
+
+def take_over(root: str = "/") -> list[str]:
+    """Mask, in /run/udev/rules.d, every known distro rule udev would run
+    from a library directory; one line per change or refusal.  A rule already
+    overridden in /etc or /run (by an administrator, or by install-service) is
+    left to that file.  The caller reloads udev when something changed."""
+    notes = []
+    for rule, state in distro_rules(root):
+        assert state.effective is not None
+        if state.effective.startswith((OVERRIDE_DIR + "/", RUNTIME_DIR + "/")):
+            if state.active:
+                notes.append(f"left /{state.effective} alone: an override that still reloads on every event")
+            continue
+        if not state.active:
+            continue
+        rel = os.path.join(RUNTIME_DIR, rule.name)
+        os.makedirs(os.path.join(root, RUNTIME_DIR), mode=0o755, exist_ok=True)
+        tmp = os.path.join(root, rel + ".kdump-coalesce.tmp")
+        with open(tmp, "w") as f:
+            f.write(mask_text(rule, state.effective, UNDO_RUNTIME))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, os.path.join(root, rel))
+        notes.append(f"masked /{state.effective} with /{rel}")
+    return notes
+
+
+def give_back(root: str = "/") -> list[str]:
+    """Remove the masks :func:`take_over` wrote (files in /run/udev/rules.d
+    that start with our marker, nothing else); one line per file removed."""
+    notes = []
+    for rule in KNOWN_RULES:
+        rel = os.path.join(RUNTIME_DIR, rule.name)
+        data = _read(os.path.join(root, rel))
+        if data is not None and is_our_mask(data) and not os.path.islink(os.path.join(root, rel)):
+            os.unlink(os.path.join(root, rel))
+            notes.append(f"removed /{rel}: /{rule_state(root, rule.name).effective or rule.name} is active again")
+    return notes
