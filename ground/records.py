@@ -330,6 +330,20 @@ class ReloadRecord:
     # how often the state was re-read, and what it still listed at the end.
     rechecks: int = 0
     removed_still_listed: tuple[PhysRange, ...] = ()
+    # The kernel's crash hotplug (Linux 6.6+, docs/updater.md "Kernel mode"):
+    # ``purpose`` is "hand-over" for the load that gives the header to the
+    # kernel, "repair" for one that fixes what the kernel left wrong, ""
+    # otherwise; ``kernel_hotplug`` says the load carried
+    # KEXEC_UPDATE_ELFCOREHDR; ``repair_causes`` why a repair was made
+    # ("removal", "trylock", "elfsz", "update-failed", "kmsg-overrun");
+    # ``stale_ranges`` the removed memory the kernel's header still listed;
+    # ``crash_hotplug_after`` what the memory crash_hotplug file read after
+    # the load (1: the kernel owns the header).
+    purpose: str = ""
+    kernel_hotplug: bool = False
+    repair_causes: tuple[str, ...] = ()
+    stale_ranges: tuple[PhysRange, ...] = ()
+    crash_hotplug_after: int | None = None
     at: float = 0.0  # Unix time of the decision
     backend_figures: Mapping[str, Any] = field(default_factory=dict)
 
@@ -441,6 +455,13 @@ class UpdaterStatus:
     missing: tuple[tuple[str, str], ...]  # inputs the snapshot could not read: (path, consequence)
     counts: Mapping[str, int]
     status_file_error: str | None = None
+    # Who keeps the header current on a kernel with crash hotplug (docs/updater.md):
+    # "stand-aside" (the image had the kernel's hotplug support when the daemon
+    # started), "handed-over" (the daemon loaded it with KEXEC_UPDATE_ELFCOREHDR),
+    # "off" ([updater] kernel-hotplug = "off"), "unavailable" (supported, but no
+    # hand-over possible here: the daemon manages), "unsupported" (no
+    # CONFIG_CRASH_HOTPLUG), "" (unknown: an older writer).
+    kernel_hotplug: str = ""
 
 
 @dataclass(frozen=True, slots=True)

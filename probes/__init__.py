@@ -10,6 +10,8 @@ from ._bpf import BpfPlan, BpfSource, RecordError, decode_record, per_block, pla
 from ._bpf_program import MemoryProbe, ProgramSpec, render
 from ._capabilities import Capability, all_checks, events_covered, run_can_work
 from ._coverage import ALL_CHANGES, GROUPS, UEVENT_ALWAYS, Change
+from ._kmsg import ALL_CAUSES as KERNEL_UPDATE_CAUSES
+from ._kmsg import KMSG_SOURCE_PREFIX, KmsgRecord, KmsgSource, classify, kernel_update_causes, kmsg_readable, parse_kmsg_lines
 from ._replay import ReplaySource, replay_scenario, replay_trace
 from ._scenario import SCENARIOS, Scenario, build_scenario
 from ._select import SOURCE_SPECS, Coverage, SourceSelection, open_sources, plan_coverage
@@ -19,6 +21,14 @@ from ._uevent import Uevent, UeventError, UeventSource, parse_uevent, uevent_to_
 from ._units import format_size, parse_duration_ns, parse_size
 
 __all__ = [
+    "KERNEL_UPDATE_CAUSES",
+    "KMSG_SOURCE_PREFIX",
+    "KmsgRecord",
+    "KmsgSource",
+    "classify",
+    "kernel_update_causes",
+    "kmsg_readable",
+    "parse_kmsg_lines",
     "block_size_bytes",
     "cpus_online",
     "crash_hotplug",

@@ -243,10 +243,25 @@ class HostCapabilities:
     crash_hotplug_cpu: int | None
     kexec_binary: str | None
     fastpath: str  # "" when updater.fastpath offers a backend, else why not
+    # /sys/kernel/crash_elfcorehdr_size, None when absent (no CONFIG_CRASH_HOTPLUG)
+    crash_elfcorehdr_size: int | None = None
 
     @property
     def kernel_owns_header(self) -> bool:
         return self.crash_hotplug_memory == 1 or self.crash_hotplug_cpu == 1
+
+    @property
+    def kernel_can_own_header(self) -> bool:
+        """Whether kexec_load can hand the header to this kernel.
+
+        Detected by /sys/kernel/crash_elfcorehdr_size: it comes with the same
+        commit that makes kexec_load accept KEXEC_UPDATE_ELFCOREHDR
+        (a72bbec70da2 "crash: hotplug support for kexec_load()"), exists only
+        with CONFIG_CRASH_HOTPLUG, and is the slot size such a load needs
+        (kexec-tools --hotplug refuses to run without it).  The crash_hotplug
+        files alone (88a6f8994421) say what the *loaded* image has: both read
+        0 for a plain ``kexec -p`` image on a kernel that supports it."""
+        return bool(self.crash_elfcorehdr_size)
 
     @classmethod
     def probe(cls, snapshot: SystemSnapshot, kexec: KexecSettings, settings: UpdaterSettings | None = None) -> HostCapabilities:
@@ -257,18 +272,64 @@ class HostCapabilities:
             crash_hotplug_cpu=snapshot.crash_hotplug_cpu,
             kexec_binary=find_kexec_binary(kexec.binary),
             fastpath=fastpath.unavailable_reason(kexec, settings) if settings is not None else "",
+            crash_elfcorehdr_size=snapshot.crash_elfcorehdr_size,
         )
 
 
-def choose_backend(requested: str, caps: HostCapabilities) -> tuple[str, str]:
+# What ``UpdaterStatus.kernel_hotplug`` says (the doc is in ground.records).
+STAND_ASIDE = "stand-aside"
+HAND_OVER = "hand-over"  # planned; "handed-over" once made
+HANDED_OVER = "handed-over"
+KERNEL_HOTPLUG_OFF = "off"
+KERNEL_HOTPLUG_UNAVAILABLE = "unavailable"
+KERNEL_HOTPLUG_UNSUPPORTED = "unsupported"
+
+
+def plan_kernel_hotplug(requested: str, caps: HostCapabilities, setting: str = "auto") -> tuple[str, str]:
+    """``(mode, why)``: what the daemon does about the kernel's crash hotplug.
+
+    - ``stand-aside``: the loaded image already has the kernel's hotplug
+      support (kexec_file_load, or kexec_load with --hotplug): the kernel
+      rewrites the header, the daemon watches and repairs;
+    - ``hand-over``: the kernel supports it but the loaded image lacks it
+      (plain ``kexec -p``, or nothing loaded): one kexec_load from the fast
+      path with KEXEC_UPDATE_ELFCOREHDR, then as ``stand-aside``;
+    - ``off``: ``[updater] kernel-hotplug = "off"``: the daemon manages;
+    - ``unavailable``: the kernel supports it, but this configuration cannot
+      hand over (an explicit ``--backend`` other than kernel/auto, no crash
+      kernel support, or the fast path cannot run here): the daemon manages;
+    - ``unsupported``: no CONFIG_CRASH_HOTPLUG.
+    """
+    if not (caps.kernel_can_own_header or caps.kernel_owns_header):
+        return KERNEL_HOTPLUG_UNSUPPORTED, "no /sys/kernel/crash_elfcorehdr_size (kernel without CONFIG_CRASH_HOTPLUG)"
+    if setting == "off":
+        return KERNEL_HOTPLUG_OFF, "[updater] kernel-hotplug = \"off\": the daemon manages the header itself"
+    if requested not in ("auto", "kernel"):
+        return KERNEL_HOTPLUG_UNAVAILABLE, f"--backend {requested} was asked for: the daemon manages the header itself"
+    if caps.kernel_owns_header:
+        which = "memory" if caps.crash_hotplug_memory == 1 else "cpu"
+        return STAND_ASIDE, f"the kernel updates the elfcorehdr itself (/sys/devices/system/{which}/crash_hotplug reads 1)"
+    if caps.kexec_crash_loaded is None or caps.kexec_crash_size == 0:
+        return KERNEL_HOTPLUG_UNAVAILABLE, "no crash kernel support or no crash region"
+    if caps.fastpath:
+        return KERNEL_HOTPLUG_UNAVAILABLE, f"no hand-over: the kexec_load fast path cannot run here ({caps.fastpath})"
+    return HAND_OVER, (
+        f"crash_hotplug reads 0 (the image has no hotplug support) on a kernel that supports it "
+        f"(crash_elfcorehdr_size {caps.crash_elfcorehdr_size}): one kexec_load with KEXEC_UPDATE_ELFCOREHDR hands the header to the kernel"
+    )
+
+
+def choose_backend(requested: str, caps: HostCapabilities, kernel_hotplug: str = "auto") -> tuple[str, str]:
     """``(backend, why)``.  Raises :class:`BackendUnavailableError` when an
-    explicitly requested backend cannot run here."""
+    explicitly requested backend cannot run here.  ``kernel`` is also the
+    answer for a hand-over (:func:`plan_kernel_hotplug`): the updater makes
+    that one load and then stands aside."""
     no_kexec = "this kernel cannot kexec (no /sys/kernel/kexec_crash_loaded)"
     no_region = "no crash kernel region reserved (/sys/kernel/kexec_crash_size is 0: boot with crashkernel=)"
+    mode, mode_why = plan_kernel_hotplug(requested, caps, kernel_hotplug)
     if requested == "auto":
-        if caps.kernel_owns_header:
-            which = "memory" if caps.crash_hotplug_memory == 1 else "cpu"
-            return "kernel", f"the kernel updates the elfcorehdr itself (/sys/devices/system/{which}/crash_hotplug reads 1)"
+        if mode in (STAND_ASIDE, HAND_OVER):
+            return "kernel", mode_why
         if caps.kexec_crash_loaded is None:
             return "dry-run", no_kexec
         if caps.kexec_crash_size == 0:
@@ -281,9 +342,13 @@ def choose_backend(requested: str, caps: HostCapabilities) -> tuple[str, str]:
     if requested == "dry-run":
         return "dry-run", "requested (--backend dry-run)"
     if requested == "kernel":
+        if mode == HAND_OVER:
+            return "kernel", f"requested; {mode_why}"
         if not caps.kernel_owns_header:
             raise BackendUnavailableError(
-                "kernel backend", "the kernel does not update the elfcorehdr here (crash_hotplug is missing or reads 0)", "use --backend auto"
+                "kernel backend",
+                f"the kernel does not update the elfcorehdr here (crash_hotplug is missing or reads 0; no hand-over: {mode_why})",
+                "use --backend auto",
             )
         return "kernel", "requested; crash_hotplug reads 1"
     if caps.kexec_crash_loaded is None:

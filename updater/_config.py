@@ -17,6 +17,7 @@ BACKENDS = ("auto", "kernel", "kexec", "kexec-fast", "dry-run")
 LOAD_PATHS = ("auto", "kexec_load", "kexec_file_load")
 DISTROS = ("auto", "debian", "redhat", "none")
 FAST_VERIFY_CHOICES = ("first-full", "always-full")
+KERNEL_HOTPLUG_CHOICES = ("auto", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,16 @@ class UpdaterSettings:
         "for up to this many seconds before deciding (0: decide on the first read)",
     )
     removal_recheck_interval: float = option(0.25, help="seconds between those re-reads")
+    kernel_hotplug: str = option(
+        "auto",
+        cli=True,
+        choices=KERNEL_HOTPLUG_CHOICES,
+        help="on a kernel with crash hotplug (/sys/kernel/crash_elfcorehdr_size exists, Linux 6.6+): auto: with "
+        "--backend auto, let the kernel keep the elfcorehdr current: stand aside when the loaded image has the kernel's "
+        "hotplug support (crash_hotplug reads 1), else hand over with one kexec_load carrying KEXEC_UPDATE_ELFCOREHDR; "
+        "then repair what the kernel leaves wrong (removed memory, skipped updates); off: the daemon manages the "
+        "header itself, reloading per batch as on older kernels",
+    )
     snapshot_root: str = option("/", help="read /proc and /sys under this directory (tests, replaying a captured host)")
     fast_verify: str = option(
         "first-full",
@@ -69,6 +80,8 @@ class UpdaterSettings:
     )
 
     def __post_init__(self) -> None:
+        if self.kernel_hotplug not in KERNEL_HOTPLUG_CHOICES:
+            raise ConfigError("[updater] kernel-hotplug", f"must be one of {', '.join(KERNEL_HOTPLUG_CHOICES)}, got {self.kernel_hotplug!r}")
         if self.fast_verify not in FAST_VERIFY_CHOICES:
             raise ConfigError("[updater] fast-verify", f"must be one of {', '.join(FAST_VERIFY_CHOICES)}, got {self.fast_verify!r}")
         if self.headroom_ranges < 0 or self.headroom_cpus < 0:

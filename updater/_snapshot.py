@@ -141,6 +141,10 @@ class SystemSnapshot:
     kexec_crash_size: int | None = None
     crash_hotplug_memory: int | None = None
     crash_hotplug_cpu: int | None = None
+    # /sys/kernel/crash_elfcorehdr_size: present only with CONFIG_CRASH_HOTPLUG
+    # (a72bbec70da2 "crash: hotplug support for kexec_load()", Linux 6.6): the
+    # program-header bytes the kernel's own header rewrite may need.
+    crash_elfcorehdr_size: int | None = None
     missing: tuple[MissingInput, ...] = ()
     taken_at: float = field(default=0.0, compare=False)
     root: str = field(default="/", compare=False)
@@ -212,6 +216,7 @@ class SystemSnapshot:
             "kexec_crash_size": self.kexec_crash_size,
             "crash_hotplug_memory": self.crash_hotplug_memory,
             "crash_hotplug_cpu": self.crash_hotplug_cpu,
+            "crash_elfcorehdr_size": self.crash_elfcorehdr_size,
             "missing": [[m.path, m.consequence] for m in self.missing],
         }
 
@@ -242,6 +247,7 @@ class SystemSnapshot:
                 kexec_crash_size=doc["kexec_crash_size"],
                 crash_hotplug_memory=doc["crash_hotplug_memory"],
                 crash_hotplug_cpu=doc["crash_hotplug_cpu"],
+                crash_elfcorehdr_size=doc.get("crash_elfcorehdr_size"),
                 missing=tuple(MissingInput(str(p), str(c)) for p, c in doc["missing"]),
                 taken_at=float(doc.get("taken_at", 0.0)),
                 root=str(doc.get("root", "/")),
@@ -424,6 +430,9 @@ def read_snapshot(root: str = "/") -> SystemSnapshot:
     size_text = r.text("sys/kernel/kexec_crash_size")
     crash_size = parse_decimal(size_text, r.path("sys/kernel/kexec_crash_size")) if size_text is not None else None
 
+    ces_text = r.text("sys/kernel/crash_elfcorehdr_size")
+    elfcorehdr_size = parse_decimal(ces_text, r.path("sys/kernel/crash_elfcorehdr_size")) if ces_text is not None else None
+
     def hotplug(kind: str) -> int | None:
         text = r.text(f"sys/devices/system/{kind}/crash_hotplug")
         return parse_decimal(text, r.path(f"sys/devices/system/{kind}/crash_hotplug")) if text is not None else None
@@ -447,6 +456,7 @@ def read_snapshot(root: str = "/") -> SystemSnapshot:
         kexec_crash_size=crash_size,
         crash_hotplug_memory=hotplug("memory"),
         crash_hotplug_cpu=hotplug("cpu"),
+        crash_elfcorehdr_size=elfcorehdr_size,
         missing=tuple(r.missing),
         taken_at=time.time(),
         root=root,

@@ -17,6 +17,15 @@ here), the updater:
    to kexec-tools), then reported loudly: an ``error`` record, an error log
    line, and ``status`` saying kdump is not known to be correct.
 
+On a kernel with crash hotplug (Linux 6.6+) the updater is in *kernel mode*
+when the kernel owns the header: it stands aside when the loaded image has
+the kernel's hotplug support, or first *hands over* (one kexec_load from the
+fast path with KEXEC_UPDATE_ELFCOREHDR), then watches: it *repairs* with one
+load that keeps the kernel's hotplug support when the live state no longer
+holds memory the kernel's header lists (the kernel rebuilds at online and
+offline, never at removal) or when the kernel log says an update was
+skipped (probes/_kmsg.py).  docs/updater.md, "Kernel mode", has the rules.
+
 Every outcome is one :class:`ground.records.ReloadRecord` for the observer
 (the trace file, the log, metrics, sd_notify), and the status file (an
 :class:`ground.records.UpdaterStatus`) is rewritten atomically after each
@@ -44,7 +53,7 @@ from ground.errors import ConfigError, InputError, KdumpCoalesceError, Unavailab
 from ground.files import atomic_write
 from ground.kexec_log import KexecCall, KexecCallLog
 from ground.observer import Observer
-from ground.ranges import PhysRange
+from ground.ranges import PhysRange, subtract_all
 from ground.records import (
     Batch,
     BatchSummary,
@@ -59,8 +68,19 @@ from ground.records import (
     to_json,
 )
 
+from probes import kernel_update_causes
+
 from . import fastpath
-from ._backends import DryRunBackend, HostCapabilities, KexecCliBackend, choose_backend
+from ._backends import (
+    HAND_OVER,
+    HANDED_OVER,
+    KERNEL_HOTPLUG_UNAVAILABLE,
+    DryRunBackend,
+    HostCapabilities,
+    KexecCliBackend,
+    choose_backend,
+    plan_kernel_hotplug,
+)
 from ._config import KexecSettings, UpdaterSettings
 from ._distro import resolve_kexec_command
 from ._elfcorehdr import ElfCoreHeader, HeaderDiff, HeaderOptions, diff_headers
@@ -97,6 +117,8 @@ class Updater:
         *,
         fallback: LoaderBackend | None = None,
         reader: SnapshotReader = read_snapshot,
+        repairer: LoaderBackend | None = None,
+        kernel_hotplug: str = "",
     ) -> None:
         self.settings = settings
         self.backend_name = backend_name
@@ -111,6 +133,18 @@ class Updater:
         self.running = True
         self.state = UpdaterState.STARTING
         self.counts = {"batches": 0, "reloads": 0, "ok": 0, "failed": 0, "skipped": 0, "fallback": 0, "retries": 0, "external_kexec_calls": 0}
+        # Kernel mode (backend None): the loader of the hand-over and of every
+        # repair, one that keeps the kernel's hotplug support (the fast path
+        # with KEXEC_UPDATE_ELFCOREHDR), or None (then the fallback repairs).
+        self.repairer = repairer
+        # UpdaterStatus.kernel_hotplug; "hand-over" means planned, not made yet.
+        self.kernel_hotplug = kernel_hotplug
+        # The System RAM the kernel's header is taken to list: the live state
+        # at the last load or kernel-mode batch (the kernel rebuilds on every
+        # online/offline, and never drops memory at its removal).
+        self._kernel_ram: tuple[PhysRange, ...] = ()
+        if self.kernel_mode:
+            self.counts.update({"hand_overs": 0, "repairs": 0})
         self.last_batch: BatchSummary | None = None
         self.last_reload: ReloadRecord | None = None
         self.last_error: str | None = None
@@ -139,7 +173,14 @@ class Updater:
         t0 = time.monotonic()
         snapshot = await self._snapshot()
         if self.kernel_mode:
+            if self.kernel_hotplug == HAND_OVER:
+                ok = await self._kernel_load(0, snapshot, f"start-up hand-over: {self.why}", t0, purpose="hand-over")
+                self.write_status()
+                if not ok:
+                    raise ReloadFailed(self.last_error or "start-up hand-over failed")
+                return
             self.state = UpdaterState.KERNEL
+            self._kernel_ram = _ram_of(snapshot)
             self._record(ReloadResult.SKIPPED, "start-up: the kernel owns the elfcorehdr (crash_hotplug reads 1)", 0, t0, snapshot=snapshot)
             self.write_status()
             return
@@ -197,7 +238,7 @@ class Updater:
             backend=self.backend_name,
             backend_why=self.why,
             description=self.describe(),
-            loader=self.backend.describe() if self.backend else "the kernel (CONFIG_CRASH_HOTPLUG)",
+            loader=self.backend.describe() if self.backend else self._kernel_loader(),
             state=self.state,
             kdump_loaded=loaded,
             kdump_correct=self.kdump_correct(loaded),
@@ -209,7 +250,12 @@ class Updater:
             missing=tuple((m.path, m.consequence) for m in self.last_snapshot.missing) if self.last_snapshot else (),
             counts=dict(self.counts),
             status_file_error=self._status_error,
+            kernel_hotplug=self.kernel_hotplug,
         )
+
+    def _kernel_loader(self) -> str:
+        repairer = self.repairer or self.fallback
+        return "the kernel (CONFIG_CRASH_HOTPLUG)" + (f"; hand-over and repairs through {repairer.describe()}" if repairer else "")
 
     def write_status(self) -> None:
         path = Path(self.settings.status_file)
@@ -234,8 +280,22 @@ class Updater:
         if self.kernel_mode:
             owner = await self._kernel_still_owns()
             if owner:
-                self.state = UpdaterState.KERNEL
-                self._record(ReloadResult.SKIPPED, f"the kernel owns the elfcorehdr ({owner})", batch.seq, t0, batch=batch)
+                await self._kernel_batch(batch, owner, t0)
+                return
+            if self._can_hand_over():
+                # The image was replaced without the kernel's hotplug support
+                # (an unload, a distro reload with plain kexec -p): hand over again.
+                try:
+                    snapshot = await self._snapshot()
+                except (KdumpCoalesceError, OSError) as exc:
+                    self._fail(batch.seq, t0, f"cannot read the live state: {exc}", batch=batch)
+                    return
+                log.warning("batch %d: crash_hotplug reads 0 in kernel mode: handing the header to the kernel again", batch.seq)
+                reason = (
+                    f"batch {batch.seq}: crash_hotplug reads 0 in kernel mode (the image was replaced or unloaded without "
+                    "hotplug support): hand-over again"
+                )
+                await self._kernel_load(batch.seq, snapshot, reason, t0, purpose="hand-over", batch=batch)
                 return
             if not await self._leave_kernel_mode(batch, t0):
                 return
@@ -317,13 +377,15 @@ class Updater:
         t0: float,
         batch: Batch | None = None,
         extra: Mapping[str, Any] | None = None,
+        primary: LoaderBackend | None = None,
     ) -> bool:
-        assert self.backend is not None
-        attempts: list[tuple[LoaderBackend, str]] = [(self.backend, "")]
-        if self.fallback is not None:
+        first = primary or self.backend
+        assert first is not None
+        attempts: list[tuple[LoaderBackend, str]] = [(first, "")]
+        if self.fallback is not None and self.fallback is not first:
             attempts.append((self.fallback, "fallback"))
         else:
-            attempts.append((self.backend, "retry"))
+            attempts.append((first, "retry"))
         errors: list[str] = []
         failed_records: dict[str, Any] = dict(extra or {})
         for index, (backend, kind) in enumerate(attempts):
@@ -347,6 +409,10 @@ class Updater:
                 # A backend's own figures (kexec-fast: user-space work vs syscall).
                 figures.update(failed_records)
                 figures.update(outcome.extra.get("record", {}))
+                if figures.get("purpose"):
+                    # A hand-over or repair: did the kernel take the header?
+                    figures["kernel_hotplug"] = _gives_kernel_hotplug(backend)
+                    figures["crash_hotplug_after"] = 1 if await self._kernel_still_owns() else 0
                 self._record(
                     result, reason, seq, t0, batch=batch, snapshot=snapshot, header=header, diff=diff, backend=backend,
                     window=window, outcome=outcome, extra=figures,
@@ -408,6 +474,113 @@ class Updater:
             if attempt + 1 < HOTPLUG_RECHECKS:
                 await trio.sleep(HOTPLUG_RECHECK_DELAY_S)
         return ""
+
+    def _can_hand_over(self) -> bool:
+        return self.repairer is not None and _gives_kernel_hotplug(self.repairer) and self.settings.kernel_hotplug == "auto"
+
+    async def _kernel_batch(self, batch: Batch, owner: str, t0: float) -> None:
+        """A batch while the kernel owns the header: stand aside, or repair.
+
+        Repair when (1) the live state no longer holds System RAM that the
+        kernel's header lists: what the previous kernel-mode observation held,
+        or what the batch says was removed, that /proc/iomem no longer lists
+        (kernel/crash_core.c rebuilds the header from the memory notifier at
+        MEM_ONLINE/MEM_OFFLINE only, while the memory is still System RAM; the
+        removal itself triggers nothing, so the gone range stays in the header
+        until the next online/offline); or (2) the kernel log says an update
+        was skipped (``kmsg:*`` sources: kexec_trylock() failed, elfsz > memsz,
+        the rewrite failed, or log records lost)."""
+        causes = kernel_update_causes(batch.sources)
+        for cause in causes:
+            key = f"kernel_skipped_{cause}"
+            self.counts[key] = self.counts.get(key, 0) + 1
+        try:
+            snapshot = await self._snapshot()
+            header = self._build(snapshot)
+            snapshot, header, rechecks, still = await self._await_removals(batch, snapshot, header)
+        except (KdumpCoalesceError, OSError) as exc:
+            self._fail(batch.seq, t0, f"cannot read the live state: {exc}", batch=batch)
+            return
+        live = _ram_of(snapshot)
+        stale = _merge(subtract_all(self._kernel_ram, live) + subtract_all(batch.removed, live))
+        found: dict[str, Any] = {"rechecks": rechecks, "removed_still_listed": still} if rechecks else {}
+        if stale:
+            causes = ("removal", *causes)
+        if not causes:
+            self.state = UpdaterState.KERNEL
+            self._kernel_ram = live
+            self._record(ReloadResult.SKIPPED, f"the kernel owns the elfcorehdr ({owner})", batch.seq, t0, batch=batch, snapshot=snapshot, extra=found)
+            return
+        what = []
+        if stale:
+            what.append(
+                f"the kernel's header still lists removed memory {', '.join(map(str, stale))} "
+                "(the kernel rebuilds at online/offline, not at removal)"
+            )
+        skipped = [c for c in causes if c != "removal"]
+        if skipped:
+            what.append(f"the kernel log says an elfcorehdr update was skipped ({', '.join(skipped)})")
+        reason = f"batch {batch.seq}: repair: {'; '.join(what)}"
+        log.warning("%s: one load that keeps the kernel's hotplug support", reason)
+        await self._kernel_load(
+            batch.seq, snapshot, reason, t0, purpose="repair", batch=batch, causes=causes, stale=stale, extra=found
+        )
+
+    async def _kernel_load(
+        self,
+        seq: int,
+        snapshot: SystemSnapshot,
+        reason: str,
+        t0: float,
+        *,
+        purpose: str,
+        batch: Batch | None = None,
+        causes: tuple[str, ...] = (),
+        stale: tuple[PhysRange, ...] = (),
+        extra: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """The hand-over or a repair: one load through the repairer (hotplug
+        support kept), its fallback (kexec -p) when it fails.  Afterwards the
+        kernel owns the header if crash_hotplug reads 1; otherwise (the
+        fallback loaded an image without hotplug support) the daemon manages
+        it from now on, through the fallback."""
+        loader = self.repairer or self.fallback
+        if loader is None:
+            self._fail(seq, t0, f"{purpose}: no loader configured for kernel mode", batch=batch)
+            return False
+        header = self._build(snapshot, loader)
+        figures: dict[str, Any] = dict(extra or {})
+        figures.update({"purpose": purpose, "repair_causes": causes, "stale_ranges": stale})
+        ok = await self._reload(seq, snapshot, header, diff_headers(self.loaded, header), reason, t0, batch=batch, extra=figures, primary=loader)
+        if not ok:
+            return False
+        self.counts["hand_overs" if purpose == "hand-over" else "repairs"] += 1
+        if purpose == "repair":
+            for cause in causes:
+                key = f"repairs_{cause}"
+                self.counts[key] = self.counts.get(key, 0) + 1
+        record = self.last_reload
+        if record is not None and record.crash_hotplug_after == 1:
+            self.state = UpdaterState.KERNEL
+            self._kernel_ram = _ram_of(snapshot)
+            if purpose == "hand-over":
+                self.kernel_hotplug = HANDED_OVER
+                log.info(
+                    "hand-over: loaded through %s with the kernel's hotplug support; the kernel now updates the "
+                    "elfcorehdr (crash_hotplug reads 1), the daemon watches", record.backend,
+                )
+            return True
+        # Loaded, but the kernel does not own the header: manage it ourselves.
+        backend: LoaderBackend = loader
+        if self.fallback is not None and record is not None and record.backend == self.fallback.name:
+            backend = self.fallback
+        self.backend, self.fallback = backend, None
+        old = self.backend_name
+        self.backend_name = backend.name
+        self.why = f"{purpose} through {backend.name} left crash_hotplug at 0: the daemon manages the header (was {old} mode)"
+        self.kernel_hotplug = KERNEL_HOTPLUG_UNAVAILABLE
+        log.warning("%s", self.why)
+        return True
 
     async def _leave_kernel_mode(self, batch: Batch, t0: float) -> bool:
         """crash_hotplug dropped to 0: the image was unloaded or reloaded
@@ -493,6 +666,11 @@ class Updater:
             events=batch.events if batch is not None else None,
             rechecks=figures.pop("rechecks", 0),
             removed_still_listed=tuple(figures.pop("removed_still_listed", ())),
+            purpose=figures.pop("purpose", ""),
+            kernel_hotplug=bool(figures.pop("kernel_hotplug", False)),
+            repair_causes=tuple(figures.pop("repair_causes", ())),
+            stale_ranges=tuple(figures.pop("stale_ranges", ())),
+            crash_hotplug_after=figures.pop("crash_hotplug_after", None),
             detail=figures.pop("detail", None),
             attempts=figures.pop("attempts", None),
             earlier_errors=tuple(figures.pop("earlier_errors", ())),
@@ -501,6 +679,28 @@ class Updater:
         )
         self.last_reload = record
         self.observer.on_record(record)
+
+
+def _ram_of(snapshot: SystemSnapshot) -> tuple[PhysRange, ...]:
+    """The System RAM lines of /proc/iomem, as ranges (what the kernel's
+    ``prepare_elf_headers`` walks), merged."""
+    return _merge(tuple(r.range for r in snapshot.ram))
+
+
+def _merge(ranges: tuple[PhysRange, ...] | list[PhysRange]) -> tuple[PhysRange, ...]:
+    out: list[PhysRange] = []
+    for r in sorted(ranges, key=lambda r: (r.start, r.end)):
+        if out and r.start <= out[-1].end:
+            out[-1] = PhysRange(out[-1].start, max(out[-1].end, r.end))
+        else:
+            out.append(r)
+    return tuple(out)
+
+
+def _gives_kernel_hotplug(backend: LoaderBackend) -> bool:
+    """Whether a load through ``backend`` leaves the kernel owning the header:
+    the fast path with KEXEC_UPDATE_ELFCOREHDR, or kexec_file_load (always)."""
+    return bool(getattr(backend, "kernel_hotplug", False)) or backend.load_path == "kexec_file_load"
 
 
 def _still_listed(removed: tuple[PhysRange, ...], header: ElfCoreHeader) -> tuple[PhysRange, ...]:
@@ -542,22 +742,35 @@ async def open_updater(sections: Mapping[str, object], observer: Observer, kexec
     kexec: KexecSettings = _section(sections, "kexec", KexecSettings)
     snapshot = await trio.to_thread.run_sync(read_snapshot, settings.snapshot_root)
     caps = HostCapabilities.probe(snapshot, kexec, settings)
-    name, why = choose_backend(settings.backend, caps)
+    name, why = choose_backend(settings.backend, caps, settings.kernel_hotplug)
+    mode, mode_why = plan_kernel_hotplug(settings.backend, caps, settings.kernel_hotplug)
     _check_writable(settings.status_file, "--status-file")
 
     backend: LoaderBackend | None
     fallback: LoaderBackend | None = None
+    repairer: LoaderBackend | None = None
     if name == "dry-run":
         _check_writable(os.path.join(settings.staging_dir, "x"), "--staging-dir")
         stager, stager_why = _fastpath_stager(kexec, settings)
         backend = DryRunBackend(settings.staging_dir, settings.keep_staged, why, stager, stager_why)
     elif name == "kernel":
         backend = None
+        command = None
         try:
-            fallback = KexecCliBackend(resolve_kexec_command(kexec), kexec.timeout)
+            command = resolve_kexec_command(kexec)
+            fallback = KexecCliBackend(command, kexec.timeout)
         except (BackendUnavailableError, ConfigError) as exc:
+            if mode == HAND_OVER:
+                raise
             log.info("no kexec fallback for kernel mode: %s", exc)
             fallback = DryRunBackend(settings.staging_dir, settings.keep_staged, "kernel mode ended and kexec is not configured")
+        # The hand-over's and the repairs' loader: the fast path with
+        # KEXEC_UPDATE_ELFCOREHDR, when it can run here.  Without it a repair
+        # goes through kexec-tools (kexec -s -p keeps the kernel's hotplug
+        # support; kexec -p does not, and the daemon then manages the header).
+        if command is not None and caps.kernel_can_own_header and not caps.fastpath and settings.kernel_hotplug == "auto":
+            assert snapshot.crash_elfcorehdr_size is not None
+            repairer = fastpath.create_backend(command, settings, kernel_hotplug_size=snapshot.crash_elfcorehdr_size)
     else:
         command = resolve_kexec_command(kexec)
         cli = KexecCliBackend(command, kexec.timeout)
@@ -566,7 +779,7 @@ async def open_updater(sections: Mapping[str, object], observer: Observer, kexec
             fallback = cli
         else:
             backend = cli
-    updater = Updater(settings, name, why, backend, observer, kexec_log, fallback=fallback)
+    updater = Updater(settings, name, why, backend, observer, kexec_log, fallback=fallback, repairer=repairer, kernel_hotplug=mode)
     updater.last_snapshot = snapshot
     return updater
 

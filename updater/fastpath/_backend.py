@@ -66,7 +66,7 @@ from .._parse import IomemEntry, parse_iomem
 from .._snapshot import SystemSnapshot
 from ._bzimage import BzImage, load_bzimage
 from ._errors import ElfcorehdrOverflowError, KexecLoadError, VerificationError
-from ._image import CaptureKernel, FastPathInputs, PreparedImage, VerifiedSegmentSet, prepare
+from ._image import CaptureKernel, FastPathInputs, PreparedImage, VerifiedSegmentSet, hotplug_slot_size, prepare
 from ._kexec_syscall import kexec_load_crash
 from ._memmap import IomemRange, RangeKind
 from ._purgatory import PurgatoryBlob, load_purgatory
@@ -214,9 +214,12 @@ class Prepared:
 class FastPathEngine:
     """Prepare once, then per request: header, segment set, verification (no syscall)."""
 
-    def __init__(self, sources: FastPathSources, settings: UpdaterSettings) -> None:
+    def __init__(self, sources: FastPathSources, settings: UpdaterSettings, kernel_hotplug_size: int = 0) -> None:
         self.sources = sources
         self.settings = settings
+        # > 0: hand the header to the kernel (KEXEC_UPDATE_ELFCOREHDR), with a
+        # slot for the kernel's /sys/kernel/crash_elfcorehdr_size.
+        self.kernel_hotplug_size = kernel_hotplug_size
         self.image: PreparedImage | None = None
         self.prepares = 0
         self._full_verified = False  # a full verification passed for self.image
@@ -228,7 +231,8 @@ class FastPathEngine:
 
     def _capacity_for(self, header: ElfCoreHeader) -> int:
         s = self.settings
-        return segment_size_for(len(header.phdrs), s.headroom_ranges + s.headroom_cpus)
+        ours = segment_size_for(len(header.phdrs), s.headroom_ranges + s.headroom_cpus)
+        return max(ours, hotplug_slot_size(self.kernel_hotplug_size)) if self.kernel_hotplug_size else ours
 
     def _prepare(self, crash_regions: tuple[PhysRange, ...], iomem: tuple[IomemRange, ...], capacity: int) -> PreparedImage:
         src = self.sources
@@ -240,6 +244,7 @@ class FastPathEngine:
                 iomem=iomem,
                 boot_params=src.boot_params,
                 elfcorehdr_capacity=capacity,
+                kernel_hotplug_size=self.kernel_hotplug_size,
             )
         )
         self.image = image
@@ -331,12 +336,20 @@ class KexecFastBackend:
         self.settings = settings
         self.engine = engine
         self.loads = 0
+        # Loads with KEXEC_UPDATE_ELFCOREHDR: the kernel owns the header afterwards.
+        self.kernel_hotplug = engine.kernel_hotplug_size > 0
 
     def describe(self) -> str:
         src = self.engine.sources
+        hotplug = (
+            f"KEXEC_UPDATE_ELFCOREHDR, elfcorehdr outside the digest, slot for crash_elfcorehdr_size "
+            f"{self.engine.kernel_hotplug_size}; "
+            if self.kernel_hotplug
+            else ""
+        )
         return (
-            f"kexec_load(2) from kdump-coalesce: {self.command.kernel} "
-            f"(purgatory from {src.purgatory.source}; fast-verify {self.settings.fast_verify}; "
+            f"kexec_load(2) from kdump-coalesce: {self.command.kernel} ({hotplug}"
+            f"purgatory from {src.purgatory.source}; fast-verify {self.settings.fast_verify}; "
             f"kernel, initrd and cmdline from {self.command.source})"
         )
 
@@ -380,6 +393,8 @@ class KexecFastBackend:
                 "elfcorehdr_slot": self.engine.image.layout.elfcorehdr_capacity if self.engine.image else None,
                 "header_bytes": prepared.header.size,
                 "fast_header_sha256": prepared.header.sha256,
+                "kernel_hotplug": self.kernel_hotplug,
+                "flags": f"0x{v.segment_set.flags:x}",
                 "timings": _round(timings),
             }
         }
@@ -404,15 +419,20 @@ class FastPathStager:
         return manifest, files
 
 
-def create_engine(command: KexecCommand, settings: UpdaterSettings) -> FastPathEngine:
+def create_engine(command: KexecCommand, settings: UpdaterSettings, kernel_hotplug_size: int = 0) -> FastPathEngine:
     problem = _command_unsupported(command)
     if problem:
         raise BackendUnavailableError("kexec-fast backend", problem, "use --backend kexec")
-    return FastPathEngine(FastPathSources.load(command, settings), settings)
+    return FastPathEngine(FastPathSources.load(command, settings), settings, kernel_hotplug_size)
 
 
-def create_backend(command: KexecCommand, settings: UpdaterSettings) -> KexecFastBackend:
+def create_backend(command: KexecCommand, settings: UpdaterSettings, *, kernel_hotplug_size: int = 0) -> KexecFastBackend:
     """The updater's hook: a ``kexec-fast`` backend for ``command``'s kernel, initrd and command line.
+
+    ``kernel_hotplug_size`` > 0 (the kernel's /sys/kernel/crash_elfcorehdr_size)
+    makes every load a hand-over to the kernel's crash hotplug: flags |
+    KEXEC_UPDATE_ELFCOREHDR, the elfcorehdr out of the purgatory's digest, its
+    slot large enough for the kernel's own rewrite.
 
     Reads and checks the kernel, initrd and purgatory now; raises typed
     errors (bad input, backend unavailable) before anything is loaded.
@@ -420,7 +440,7 @@ def create_backend(command: KexecCommand, settings: UpdaterSettings) -> KexecFas
     refused = kexec_load_refused(settings.snapshot_root)
     if refused:
         raise BackendUnavailableError("kexec-fast backend", refused, "use --backend kexec")
-    return KexecFastBackend(command, settings, create_engine(command, settings))
+    return KexecFastBackend(command, settings, create_engine(command, settings, kernel_hotplug_size))
 
 
 def create_stager(command: KexecCommand, settings: UpdaterSettings) -> FastPathStager:

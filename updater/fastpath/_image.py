@@ -13,6 +13,15 @@ which CPUs and memory blocks are online:
   ``sha256_digest`` (``sha256_regions`` lists the elfcorehdr slot's full size);
 * the SHA-256 state over every hashed segment below the elfcorehdr.
 
+With ``kernel_hotplug`` (the hand-over to the kernel's crash hotplug, Linux
+6.6+) the elfcorehdr is left out of ``sha256_regions`` and of the digest, as
+kexec-tools >= 2.0.28 ``--hotplug`` does (``arch_do_exclude_segment``), its
+slot is at least the kernel's ``/sys/kernel/crash_elfcorehdr_size`` plus the
+ELF header, and the load flags carry KEXEC_UPDATE_ELFCOREHDR: the kernel then
+rewrites the header in place on every CPU/memory event without breaking the
+digest purgatory checks at panic.  The digest is then the same for every
+header; verification still recomputes it from the final buffers.
+
 Per batch (:meth:`PreparedImage.build`): the new header bytes become the
 elfcorehdr segment, the cached state is copied and fed the header plus the
 zeros of its slot, and the 32-byte digest is patched into a copy of the
@@ -60,6 +69,8 @@ from ._memmap import (
 from ._purgatory import PurgatoryBlob, RelocatedPurgatory, purgatory_footprint
 from ._segments import (
     KEXEC_CRASH_FLAGS,
+    KEXEC_CRASH_HOTPLUG_SUPPORT,
+    KEXEC_UPDATE_ELFCOREHDR,
     PlacementRequest,
     Segment,
     SegmentKind,
@@ -124,6 +135,23 @@ class FastPathInputs:
     elfcorehdr_capacity: int = DEFAULT_ELFCOREHDR_CAPACITY
     acpi_rsdp: int | None = None  # None: take it from boot_params
     rng_seed: bytes | None = None  # None: 32 fresh random bytes; b"": no SETUP_RNG_SEED setup_data
+    # Hand the header to the kernel (KEXEC_UPDATE_ELFCOREHDR): 0 = no; else the
+    # kernel's /sys/kernel/crash_elfcorehdr_size (program headers it may write,
+    # without the ELF header), which the slot must hold with the ELF header.
+    kernel_hotplug_size: int = 0
+
+
+def hotplug_slot_size(crash_elfcorehdr_size: int) -> int:
+    """The smallest elfcorehdr slot the kernel's own rewrite fits in.
+
+    The kernel refuses an update whose header exceeds the segment's memsz
+    ("update elfcorehdr elfsz N > memsz M", arch/x86/kernel/crash.c
+    arch_crash_handle_hotplug_event).  ``crash_elfcorehdr_size`` is the
+    program headers only (arch_crash_get_elfcorehdr_size: (2 + NR_CPUS_DEFAULT
+    + CRASH_MAX_MEMORY_RANGES) * sizeof(Elf64_Phdr)); the header adds
+    ``sizeof(Elf64_Ehdr)``, which kexec-tools' page rounding happens to absorb.
+    """
+    return align_up(crash_elfcorehdr_size + EHDR_SIZE, PAGE_SIZE)
 
 
 @dataclass(frozen=True)
@@ -200,6 +228,15 @@ class PreparedImage:
             raise SegmentLayoutError("crash kernel region", "none reserved (boot with crashkernel=)")
         if inputs.elfcorehdr_capacity <= EHDR_SIZE:
             raise SegmentLayoutError("elfcorehdr", f"capacity {inputs.elfcorehdr_capacity} is too small")
+        self.kernel_hotplug = inputs.kernel_hotplug_size > 0
+        self.hotplug_slot_min = hotplug_slot_size(inputs.kernel_hotplug_size) if self.kernel_hotplug else 0
+        if inputs.elfcorehdr_capacity < self.hotplug_slot_min:
+            raise SegmentLayoutError(
+                "elfcorehdr",
+                f"capacity {inputs.elfcorehdr_capacity} is smaller than the {self.hotplug_slot_min} bytes the kernel's "
+                f"rewrite needs (crash_elfcorehdr_size {inputs.kernel_hotplug_size} + ELF header)",
+            )
+        self.flags = KEXEC_CRASH_FLAGS | (KEXEC_UPDATE_ELFCOREHDR if self.kernel_hotplug else 0)
         kernel = inputs.capture.kernel
         initrd = inputs.capture.initrd
         region = max(inputs.crash_regions, key=lambda r: r.start)  # kexec-tools loads into the highest
@@ -272,9 +309,11 @@ class PreparedImage:
         purgatory_mem = placed[SegmentKind.PURGATORY].mem
         purg = RelocatedPurgatory(inputs.purgatory, purgatory_mem)
         # The hashed segments: every one but the purgatory, ascending; the
-        # elfcorehdr slot is listed with its full size whatever the header's.
+        # elfcorehdr slot is listed with its full size whatever the header's,
+        # or not at all when the kernel is to rewrite it (kernel_hotplug).
         slot_placeholder = Segment(b"", elf_slot.start, elf_slot.size, SegmentKind.ELFCOREHDR)
-        hashed = sorted([*static.values(), slot_placeholder], key=lambda s: s.mem)
+        with_slot = [] if self.kernel_hotplug else [slot_placeholder]
+        hashed = sorted([*static.values(), *with_slot], key=lambda s: s.mem)
         cmdline_end = setup_mem + setup_cmdline_offset(kernel) + len(cmdline.encode())
         self._set_purgatory_symbols(purg, setup_mem, kernel_mem, cmdline_end, src, backup, hashed)
 
@@ -296,7 +335,7 @@ class PreparedImage:
         self._purgatory_buf = bytes(purg.buf)
         self._purgatory_memsz = placed[SegmentKind.PURGATORY].memsz
         self.view = purgatory_view(purg)
-        slot_index = hashed.index(slot_placeholder)
+        slot_index = len(hashed) if self.kernel_hotplug else hashed.index(slot_placeholder)
         self._prefix_len = slot_index
         self._after_slot = tuple(hashed[slot_index + 1 :])
         prefix = hashed[:slot_index]
@@ -354,7 +393,8 @@ class PreparedImage:
             raise ElfcorehdrOverflowError(len(elfcorehdr), capacity)
         _check_elfcorehdr(elfcorehdr)
         header = Segment(bytes(elfcorehdr), self.layout.elfcorehdr.start, capacity, SegmentKind.ELFCOREHDR)
-        digest = self._prefix_digest.digest_with((header, *self._after_slot))
+        tail = self._after_slot if self.kernel_hotplug else (header, *self._after_slot)
+        digest = self._prefix_digest.digest_with(tail)
         pbuf = bytearray(self._purgatory_buf)
         pbuf[self.view.sha256_digest : self.view.sha256_digest + 32] = digest
         purgatory = Segment(bytes(pbuf), self.layout.purgatory.start, self._purgatory_memsz, SegmentKind.PURGATORY)
@@ -363,7 +403,7 @@ class PreparedImage:
         return SegmentSet(
             segments=segments,
             entry=self.layout.entry,
-            flags=KEXEC_CRASH_FLAGS,
+            flags=self.flags,
             crash_region=self.layout.crash_region,
             digest=digest,
             manifest=MappingProxyType(self._manifest(segments, digest, build_seconds)),
@@ -376,7 +416,8 @@ class PreparedImage:
             rows.append({"kind": s.kind.value, "mem": s.mem, "memsz": s.memsz, "bufsz": s.bufsz, "sha256": sha})
         return {
             "entry": self.layout.entry,
-            "flags": KEXEC_CRASH_FLAGS,
+            "flags": self.flags,
+            "kernel_hotplug": self.kernel_hotplug,
             "crash_region": [self.layout.crash_region.start, self.layout.crash_region.last],  # inclusive, as /proc/iomem
             "purgatory_digest": digest.hex(),
             "purgatory_source": self.inputs.purgatory.source,
@@ -397,7 +438,9 @@ class PreparedImage:
         unchanged prefix, tied to the exact buffer objects it hashed at
         prepare time, is resumed instead; anything else is still hashed in full.
         """
-        return verify_segment_set(segment_set, self.view, self._attested if reuse_attested_prefix else None)
+        return verify_segment_set(
+            segment_set, self.view, self._attested if reuse_attested_prefix else None, hotplug_slot_min=self.hotplug_slot_min
+        )
 
     def still_valid_for(self, crash_regions: Sequence[PhysRange], iomem: Sequence[IomemRange]) -> bool:
         """Whether a new snapshot leaves everything prepared here unchanged (else: prepare again)."""
@@ -427,14 +470,27 @@ _ELFCOREHDR_ARG = re.compile(rb"(?:^| )elfcorehdr=(\d+)K(?= |$)")
 
 
 def verify_segment_set(
-    segment_set: SegmentSet, view: PurgatoryView, attested: AttestedPrefix | None = None
+    segment_set: SegmentSet, view: PurgatoryView, attested: AttestedPrefix | None = None, *, hotplug_slot_min: int = 0
 ) -> VerifiedSegmentSet:
-    """The check made before every load; see :meth:`PreparedImage.verify`."""
+    """The check made before every load; see :meth:`PreparedImage.verify`.
+
+    With KEXEC_UPDATE_ELFCOREHDR in the flags (the hand-over to the kernel's
+    crash hotplug), the header segment, found from the zero page's
+    ``elfcorehdr=``, must be the one segment the kernel will take for it
+    (the only one starting with ELF magic: kernel/crash_core.c
+    crash_handle_hotplug_event looks for that), at least ``hotplug_slot_min``
+    bytes, and out of ``sha256_regions`` and the digest; every other segment
+    but the purgatory is hashed exactly as without the flag."""
     t0 = time.perf_counter()
     segs = segment_set.segments
     problems = check_kexec_rules(segs, segment_set.entry, segment_set.crash_region)
     if problems:
         raise VerificationError("segment list", "; ".join(problems))
+    extra_flags = segment_set.flags & ~(KEXEC_CRASH_FLAGS | KEXEC_UPDATE_ELFCOREHDR)
+    if segment_set.flags & KEXEC_CRASH_FLAGS != KEXEC_CRASH_FLAGS or extra_flags:
+        what = "KEXEC_CRASH_HOTPLUG_SUPPORT (0x8), which x86 kernels 6.6-6.9 reject" if extra_flags & KEXEC_CRASH_HOTPLUG_SUPPORT else f"0x{segment_set.flags:x}"
+        raise VerificationError("kexec flags", f"{what} is not KEXEC_ON_CRASH|KEXEC_ARCH_X86_64 [|KEXEC_UPDATE_ELFCOREHDR]")
+    hotplug = bool(segment_set.flags & KEXEC_UPDATE_ELFCOREHDR)
     # The purgatory is whatever segment the entry point is in: that is what
     # the kernel jumps to, whatever the segment claims to be.
     holders = [s for s in segs if s.mem <= segment_set.entry < s.mem + s.bufsz]
@@ -444,7 +500,25 @@ def verify_segment_set(
     need = max(view.sha256_regions + view.sha256_regions_size, view.entry64_regs + 136, view.sha256_digest + 32)
     if len(purg) < need:
         raise VerificationError("purgatory segment", f"{len(purg)} bytes, too short for its symbols")
-    hashed = [s for s in segs if s is not holders[0]]
+    others = [s for s in segs if s is not holders[0]]
+    if hotplug:
+        # Which segment is left out of the digest comes from the zero page,
+        # the capture kernel's own view, never from the segments' labels.
+        header_seg = _check_setup(others)
+        magic = [s for s in segs if s.buf[:4] == b"\x7fELF"]
+        if magic != [header_seg]:
+            raise VerificationError(
+                "elfcorehdr segment",
+                f"the kernel rewrites the first page of the segment that starts with ELF magic; "
+                f"{len(magic)} segment(s) do ({', '.join(hex(s.mem) for s in magic)}), the header is at 0x{header_seg.mem:x}",
+            )
+        if header_seg.memsz < hotplug_slot_min:
+            raise VerificationError(
+                "elfcorehdr segment", f"memsz {header_seg.memsz} < {hotplug_slot_min}: the kernel's rewrite would not fit"
+            )
+        hashed = [s for s in others if s is not header_seg]
+    else:
+        hashed = others
     regions = parse_sha256_regions(purg[view.sha256_regions : view.sha256_regions + view.sha256_regions_size])
     expected = [(s.mem, s.memsz) for s in hashed]
     if regions != expected:
@@ -464,8 +538,8 @@ def verify_segment_set(
         raise DigestMismatchError(patched, recomputed)
     if segment_set.digest != patched:
         raise VerificationError("segment set", "its recorded digest is not the one in the purgatory")
-    _check_purgatory_symbols(purg, view, hashed, holders[0])
-    _check_setup(hashed)
+    _check_purgatory_symbols(purg, view, others, holders[0])
+    _check_setup(others)
     return VerifiedSegmentSet(segment_set, recomputed, mode, time.perf_counter() - t0)
 
 
@@ -493,7 +567,8 @@ def _check_purgatory_symbols(purg: bytes, view: PurgatoryView, hashed: Sequence[
         )
 
 
-def _check_setup(hashed: Sequence[Segment]) -> None:
+def _check_setup(hashed: Sequence[Segment]) -> Segment:
+    """Check the zero page; return the segment its ``elfcorehdr=`` names."""
     setups = [s for s in hashed if len(s.buf) >= 0x2D0 and s.buf[0x202:0x206] == b"HdrS"]
     if len(setups) != 1:
         raise VerificationError("setup segment", f"{len(setups)} zero pages among the segments, expected 1")
@@ -513,3 +588,4 @@ def _check_setup(hashed: Sequence[Segment]) -> None:
     header = next((s for s in hashed if s.mem == addr), None)
     if header is None or header.buf[:4] != b"\x7fELF" or struct.unpack_from("<H", header.buf, 16)[0] != 4:
         raise VerificationError("capture kernel command line", f"elfcorehdr=0x{addr:x} is not where the ELF core header is")
+    return header

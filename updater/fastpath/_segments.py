@@ -32,6 +32,16 @@ KEXEC_SEGMENT_MAX = 16
 KEXEC_ON_CRASH = 0x00000001
 KEXEC_ARCH_X86_64 = 62 << 16
 KEXEC_CRASH_FLAGS = KEXEC_ON_CRASH | KEXEC_ARCH_X86_64
+# The kernel may rewrite the elfcorehdr segment on CPU/memory hotplug
+# (include/uapi/linux/kexec.h; a72bbec70da2 "crash: hotplug support for
+# kexec_load()", Linux 6.6): the loader has left that segment out of the
+# purgatory's digest and sized it from /sys/kernel/crash_elfcorehdr_size.
+# The generic KEXEC_CRASH_HOTPLUG_SUPPORT (0x8, 79365026f869 "crash: add a
+# new kexec flag for hotplug support", Linux 6.10) means the same on x86 but
+# kernels 6.6-6.9 reject it with EINVAL, so x86 loaders (kexec-tools
+# get_hotplug_kexec_flag) pass 0x4 and so does the fast path.
+KEXEC_UPDATE_ELFCOREHDR = 0x00000004
+KEXEC_CRASH_HOTPLUG_SUPPORT = 0x00000008
 # Pages the kernel takes from the crash region at load time: the control code
 # page and the vmcoreinfo safecopy.
 CONTROL_PAGES = 2
