@@ -42,6 +42,7 @@ from prometheus_client.registry import Collector
 
 from ground.records import Batch, DaemonStatus, ErrorRecord, KexecCallRecord, Record, ReloadRecord, ReloadResult
 from ground.events import EventsLost, HotplugEvent, SourceItem
+from probes import KERNEL_UPDATE_CAUSES, KMSG_SOURCE_PREFIX
 
 from . import __version__
 from ground.config import option
@@ -56,6 +57,9 @@ MIN_WRITE_GAP_S = 0.5
 # of them so a dashboard sees a 0 -> 1 flip, not a series appearing.
 MODES = ("kernel", "kexec-fast", "kexec", "dry-run", "none")
 RELOAD_RESULTS = ("ok", "fallback", "failed", "skipped")
+# Why kernel mode repaired: a removal the kernel's header still lists, or a
+# skipped in-kernel update the kernel log reported (probes/_kmsg.py).
+REPAIR_CAUSES = ("removal", *KERNEL_UPDATE_CAUSES)
 
 # Reload wall time: ~0.17 s (kexec -i -p under TCG) to a few seconds (kexec -s
 # -p hashing a big initrd); window the same or less.
@@ -217,6 +221,26 @@ class MetricsObserver:
         self.distro_rule = Gauge(
             f"{p}_distro_rule_active", "1 when a distro udev rule that reloads kdump per event is active (double reloads)", ["rule"], registry=r
         )
+        self.kernel_skipped = Counter(
+            f"{p}_kernel_updates_skipped",
+            "In-kernel elfcorehdr updates the kernel log says were skipped (trylock: kexec_trylock() failed; elfsz: "
+            "header larger than its segment; update-failed; overrun: log records lost, one may have been missed)",
+            ["cause"], registry=r,
+        )
+        self.repairs = Counter(
+            f"{p}_kernel_repairs",
+            "Loads kernel mode made to fix the kernel's header (one per repair and cause), keeping the kernel's hotplug support",
+            ["cause"], registry=r,
+        )
+        self.hand_overs = Counter(
+            f"{p}_hand_overs", "Loads that hand the elfcorehdr to the kernel (KEXEC_UPDATE_ELFCOREHDR), by reload result", ["result"], registry=r
+        )
+        for cause in KERNEL_UPDATE_CAUSES:
+            self.kernel_skipped.labels(cause).inc(0)
+        for cause in REPAIR_CAUSES:
+            self.repairs.labels(cause).inc(0)
+        for result in RELOAD_RESULTS:
+            self.hand_overs.labels(result).inc(0)
         self.write_failures = Counter(f"{p}_metrics_write_failures", "Failed textfile writes", registry=r)
         r.register(KernelStateCollector(sysfs_root))
 
@@ -239,6 +263,8 @@ class MetricsObserver:
     def on_item(self, item: SourceItem) -> None:
         if isinstance(item, EventsLost):
             self.events_lost.labels(item.source).inc(item.count if item.count is not None else 1)
+            if item.source.startswith(KMSG_SOURCE_PREFIX):
+                self.kernel_skipped.labels(item.source.removeprefix(KMSG_SOURCE_PREFIX)).inc(item.count or 1)
         elif isinstance(item, HotplugEvent):
             self.events.labels(str(item.kind), str(item.action), item.source).inc()
         self._touch()
@@ -281,6 +307,11 @@ class MetricsObserver:
     def _on_reload(self, record: ReloadRecord) -> None:
         result = record.result
         self.reloads.labels(record.backend, result.value).inc()
+        if record.purpose == "hand-over":
+            self.hand_overs.labels(result.value).inc()
+        elif record.purpose == "repair" and result.loaded:
+            for cause in record.repair_causes:
+                self.repairs.labels(cause).inc()
         self._set_mode(record.backend)
         self._set_correct(record.kdump_correct)
         if result is not ReloadResult.SKIPPED:

@@ -21,6 +21,7 @@ from . import _sysfs
 from ._bpf import plan_functions
 from ._bpf_program import KEXEC_SYSCALLS, MEMORY_FUNCS, PRESENCE_FUNCS, MemoryProbe
 from ._bpf_syscall import probe_bpf_syscall, probe_fentry, probe_kprobe, probe_raw_tracepoint
+from ._kmsg import KMSG_PATH, kmsg_readable
 from ._coverage import ALL_CHANGES, CPU_ONLINE_OFFLINE, MEMORY_ADD_REMOVE, MEMORY_ONLINE_OFFLINE, Change
 from ._select import plan_coverage
 from ._uevent import NETLINK_KOBJECT_UEVENT, UEVENT_GROUP_KERNEL
@@ -213,17 +214,57 @@ def check_kdump_loaded(root: str = "/") -> Capability:
     return Capability("kdump loaded", "ok", "crash kernel loaded (kexec_crash_loaded=1)", required=True)
 
 
+def _crash_elfcorehdr_size(root: str) -> str | None:
+    try:
+        with open(os.path.join(root, "sys/kernel/crash_elfcorehdr_size")) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def check_crash_hotplug(root: str = "/") -> Capability:
+    """Which path the host is on: does the kernel support crash hotplug
+    (/sys/kernel/crash_elfcorehdr_size, a72bbec70da2 "crash: hotplug support
+    for kexec_load()"), and was the loaded image loaded with it (the
+    crash_hotplug files, 88a6f8994421: 1 for kexec_file_load or kexec_load
+    with KEXEC_UPDATE_ELFCOREHDR, 0 for plain kexec -p or nothing loaded)?
+    What ``auto`` does about it is the ``auto plan`` line (kdump_coalesce
+    doctor, from the updater)."""
     values = {kind: _sysfs.crash_hotplug(kind, root) for kind in ("cpu", "memory")}
+    size = _crash_elfcorehdr_size(root)
     shown = ", ".join(f"{k}={v if v is not None else 'absent'}" for k, v in values.items())
-    if all(v is None for v in values.values()):
-        return Capability("crash_hotplug", "ok", f"{shown} (no CONFIG_CRASH_HOTPLUG: reloads are user space's job)")
+    shown += f", crash_elfcorehdr_size={size if size is not None else 'absent'}"
+    loaded = _sysfs.kexec_crash_loaded(root)
+    if all(v is None for v in values.values()) and size is None:
+        return Capability("crash_hotplug", "ok", f"{shown}: no CONFIG_CRASH_HOTPLUG, the daemon reloads the header per batch")
     if "1" in values.values():
         return Capability(
-            "crash_hotplug", "warn", f"{shown}: the kernel rewrites the elfcorehdr itself",
-            "kdump-coalesce stands aside for that kind (no reloads needed)",
+            "crash_hotplug", "ok",
+            f"{shown}: the loaded image has the kernel's hotplug support (kexec_file_load, or kexec_load with "
+            "KEXEC_UPDATE_ELFCOREHDR): the kernel rewrites the elfcorehdr itself; the daemon stands aside and repairs",
         )
-    return Capability("crash_hotplug", "ok", f"{shown} (kernel support present, not active for the loaded image)")
+    image = "no crash kernel is loaded" if loaded is False else "the loaded image has no hotplug support (plain kexec -p)"
+    if size is None:
+        return Capability("crash_hotplug", "warn", f"{shown}: {image}; no crash_elfcorehdr_size, so no kexec_load hand-over")
+    return Capability(
+        "crash_hotplug", "ok",
+        f"{shown}: kernel supports crash hotplug, {image}; --backend auto hands the header over with one kexec_load "
+        "(KEXEC_UPDATE_ELFCOREHDR) when the fast path can run ([updater] kernel-hotplug = off keeps the daemon managing it)",
+    )
+
+
+def check_kmsg(root: str = "/", path: str = KMSG_PATH) -> Capability:
+    """The kernel log, where the kernel says it skipped one of its own header updates."""
+    supported = any(_sysfs.crash_hotplug(k, root) is not None for k in ("cpu", "memory")) or _crash_elfcorehdr_size(root) is not None
+    problem = kmsg_readable(path)
+    if not supported:
+        return Capability("kernel log", "ok", f"{path}: not needed (no CONFIG_CRASH_HOTPLUG)")
+    if problem:
+        return Capability(
+            "kernel log", "warn", f"{problem}: skipped in-kernel header updates (kexec_trylock() failed, elfsz > memsz) go unseen",
+            "run as root (or with CAP_SYSLOG when kernel.dmesg_restrict is 1)",
+        )
+    return Capability("kernel log", "ok", f"{path} readable: skipped in-kernel header updates are seen and repaired")
 
 
 def check_kexec_binary(run: Callable[[list[str]], str] | None = None) -> Capability:
@@ -289,6 +330,7 @@ def all_checks() -> list[Capability]:
         check_block_size(),
         check_kdump_loaded(),
         check_crash_hotplug(),
+        check_kmsg(),
         check_kexec_binary(),
         check_udev_rules(),
     ]

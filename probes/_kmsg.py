@@ -122,6 +122,14 @@ def elfsz_of(message: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def kernel_has_crash_hotplug(root: str = "/") -> bool:
+    """Whether this kernel can update an elfcorehdr itself (CONFIG_CRASH_HOTPLUG):
+    /sys/kernel/crash_elfcorehdr_size (a72bbec70da2) or a crash_hotplug file
+    (88a6f8994421 "crash: memory and CPU hotplug sysfs attributes") exists."""
+    rels = ("sys/kernel/crash_elfcorehdr_size", "sys/devices/system/memory/crash_hotplug", "sys/devices/system/cpu/crash_hotplug")
+    return any(os.path.exists(os.path.join(root, rel)) for rel in rels)
+
+
 def kmsg_readable(path: str = KMSG_PATH) -> str:
     """"" when ``path`` opens for reading, else why not (for doctor and the selection)."""
     try:

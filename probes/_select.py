@@ -16,6 +16,13 @@ Live sources (the changes they follow: probes/_coverage.py):
   failing loudly instead of falling back to uevents for online/offline.
 - ``uevent``: netlink uevents only.
 
+Beside them, on a kernel with crash hotplug (CONFIG_CRASH_HOTPLUG: the
+kernel may own the header), every live spec opens the kernel log
+(``kmsg``, probes/_kmsg.py): the lines that say the kernel skipped one of
+its own elfcorehdr updates.  Without /dev/kmsg the daemon still runs (the
+note says so): kernel mode then repairs removals but cannot see skipped
+updates.
+
 Where BPF and uevents both follow a change (memory add/remove), the
 coalescer's ``Deduplicator`` counts each block once.  What was chosen and
 why is in ``SourceSelection.notes``, and per change in
@@ -38,6 +45,7 @@ from ground.tracefile import TraceReader
 
 from . import _sysfs
 from ._bpf import BpfSource, plan_program
+from ._kmsg import KMSG_PATH, KmsgSource, kernel_has_crash_hotplug
 from ._coverage import (
     BPF_REQUIRED,
     CPU_ONLINE_OFFLINE,
@@ -191,6 +199,15 @@ def open_live_sources(
             f"{prefix}uevent for {describe(plan.uevent)} "
             f"(netlink NETLINK_KOBJECT_UEVENT, receive buffer {source.rcvbuf >> 20} MiB{also})"
         )
+    if kernel_has_crash_hotplug():
+        try:
+            sources.append(KmsgSource(KMSG_PATH))
+            notes.append(
+                f"{prefix}kmsg ({KMSG_PATH}) for the kernel's skipped elfcorehdr updates "
+                "(kexec_trylock() failed, elfsz > memsz): CONFIG_CRASH_HOTPLUG kernel"
+            )
+        except UnavailableError as exc:
+            notes.append(f"{prefix}no kmsg ({exc}): kernel mode cannot see the kernel's skipped elfcorehdr updates")
     return SourceSelection(sources, notes, block_size, coverage=plan.by_group(wanted))
 
 

@@ -14,7 +14,7 @@ Public surface:
   backend (``updater.fastpath``'s too) implements.
 """
 
-from ._backends import DryRunBackend, HostCapabilities, KexecCliBackend, choose_backend
+from ._backends import DryRunBackend, HostCapabilities, KexecCliBackend, choose_backend, plan_kernel_hotplug
 from ._config import BACKENDS, SECTIONS, KexecSettings, UpdaterSettings
 from ._distro import KexecCommand, resolve_kexec_command
 from ._elfcorehdr import (
@@ -61,6 +61,7 @@ __all__ = [
     "Updater",
     "UpdaterSettings",
     "choose_backend",
+    "plan_kernel_hotplug",
     "diff_headers",
     "diff_snapshots",
     "open_updater",

@@ -63,6 +63,16 @@ def _ago(ts: float) -> str:
     return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts))} ({max(time.time() - ts, 0):.0f} s ago)"
 
 
+_KERNEL_HOTPLUG_TEXT = {
+    "stand-aside": "the loaded image has the kernel's crash hotplug support; the kernel updates the header, the daemon repairs",
+    "handed-over": "the daemon loaded the image with KEXEC_UPDATE_ELFCOREHDR; the kernel updates the header, the daemon repairs",
+    "hand-over": "hand-over planned, not made yet",
+    "off": "[updater] kernel-hotplug = off: the daemon manages the header",
+    "unavailable": "the kernel supports crash hotplug but no hand-over here: the daemon manages the header",
+    "unsupported": "no CONFIG_CRASH_HOTPLUG: the daemon manages the header",
+}
+
+
 def format_status(status: UpdaterStatus) -> list[str]:
     lines = []
     alive = daemon_alive(status)
@@ -70,6 +80,8 @@ def format_status(status: UpdaterStatus) -> list[str]:
     lines.append(f"daemon:       {running}, pid {status.pid}, updated {_ago(status.updated_at)}")
     lines.append(f"backend:      {status.description}")
     lines.append(f"loader:       {status.loader}")
+    if status.kernel_hotplug:
+        lines.append(f"kernel hp:    {status.kernel_hotplug}: {_KERNEL_HOTPLUG_TEXT.get(status.kernel_hotplug, '')}")
     loaded = status.kdump_loaded
     correct = status.kdump_correct
     lines.append(

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ground.errors import EXIT_OK, EXIT_UNAVAILABLE
+from ground.errors import EXIT_OK, EXIT_UNAVAILABLE, KdumpCoalesceError
 from ground.events import Kind
 from probes import ProgramSpec, all_checks, events_covered, render, run_can_work
 
@@ -17,6 +17,13 @@ EPILOG = """\
 One line per capability: status, name, what was found, and (-> ...) what to
 do when it is missing.  Checks are real: a BPF program is loaded and attached
 for each probe kind, the netlink socket is bound, files are read.
+
+The 'crash_hotplug' line says which path the host is on (kernel support for
+crash hotplug: /sys/kernel/crash_elfcorehdr_size; how the loaded image was
+loaded: crash_hotplug 1 = with the kernel's hotplug support, 0 = plain
+kexec -p or nothing), and the 'auto:' line what 'run --backend auto' does
+here with the default config: stand aside, hand over (one kexec_load with
+KEXEC_UPDATE_ELFCOREHDR), or manage the header itself, and why.
 
 The 'events:' lines say which source follows each change the header depends
 on (cpu online/offline, cpu add/remove, memory online/offline, memory
@@ -52,10 +59,12 @@ def run(args: argparse.Namespace) -> int:
     checks = all_checks()
     ok, problems = run_can_work(checks)
     covered = events_covered(checks)
+    plan = auto_plan()
     if args.json:
         doc = {
             "run_can_work": ok,
             "problems": problems,
+            "auto": plan,
             "events": covered,
             "checks": [c.to_json() for c in checks],
         }
@@ -67,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         print("events (--source auto; bpf+uevent: both, counted once):")
         for change, how in covered.items():
             print(f"{'ok' if how != 'none' else 'MISSING':<7} {change:<22} {how}")
+        print(f"auto:   backend {plan['backend']}, kernel hotplug {plan['kernel_hotplug']}: {plan['why']}")
         if ok:
             print("run: can work here")
         else:
@@ -75,6 +85,30 @@ def run(args: argparse.Namespace) -> int:
             # crash kernel correct, which is what doctor answers for.
             print("run: cannot keep kdump correct here: " + "; ".join(problems))
     return EXIT_OK if ok else EXIT_UNAVAILABLE
+
+
+def auto_plan(root: str = "/") -> dict[str, str]:
+    """What ``run --backend auto`` would choose here with the default config:
+    ``backend``, ``kernel_hotplug`` (stand-aside, hand-over, off, unavailable,
+    unsupported; docs/updater.md) and ``why``.  Reads the live state like
+    ``run`` does; without root it says it cannot tell."""
+    import updater
+
+    try:
+        snapshot = updater.read_snapshot(root)
+    except (KdumpCoalesceError, OSError) as exc:
+        return {"backend": "?", "kernel_hotplug": "?", "why": f"cannot tell: {exc}"}
+    settings = updater.UpdaterSettings(snapshot_root=root)
+    kexec = updater.KexecSettings()
+    caps = updater.HostCapabilities.probe(snapshot, kexec, settings)
+    mode, mode_why = updater.plan_kernel_hotplug("auto", caps, settings.kernel_hotplug)
+    try:
+        backend, why = updater.choose_backend("auto", caps, settings.kernel_hotplug)
+    except KdumpCoalesceError as exc:
+        return {"backend": "?", "kernel_hotplug": mode, "why": str(exc)}
+    if mode not in ("stand-aside", "hand-over"):
+        why = f"{why}; kernel hotplug: {mode_why}"
+    return {"backend": backend, "kernel_hotplug": mode, "why": why}
 
 
 def dump_bpf(kinds: frozenset[Kind]) -> int:

@@ -276,3 +276,29 @@ async def test_a_failed_hand_over_and_fallback_is_loud(kernel: FakeKernel) -> No
         await up.reconcile()
     assert rec.reloads()[-1]["result"] == "failed" and up.state is UpdaterState.FAILED
     assert [k for k, _ in rec.records].count("error") == 1
+
+
+# -- doctor ----------------------------------------------------------------------------
+
+
+def test_doctor_says_which_path_the_host_is_on(kernel: FakeKernel, tmp_path: Path) -> None:
+    from kdump_coalesce.commands.doctor import auto_plan
+    from probes._capabilities import check_crash_hotplug, check_kmsg
+
+    root = str(kernel.root)
+    c = check_crash_hotplug(root)
+    assert c.status == "ok" and "crash_elfcorehdr_size=917616" in c.found
+    assert "plain kexec -p" in c.found and "hands the header over" in c.found
+    kernel.set_crash_hotplug(1)
+    c = check_crash_hotplug(root)
+    assert "has the kernel's hotplug support" in c.found and "stands aside" in c.found
+    (tmp_path / "bare").mkdir()
+    assert "no CONFIG_CRASH_HOTPLUG" in check_crash_hotplug(str(tmp_path / "bare")).found
+    assert check_kmsg(root, str(tmp_path / "no-kmsg")).status == "warn"
+    assert check_kmsg(str(tmp_path / "bare"), str(tmp_path / "no-kmsg")).status == "ok"
+    # auto's plan on this tree, with the default [kexec] (no usable capture kernel here): stand aside
+    plan = auto_plan(root)
+    assert plan["backend"] == "kernel" and plan["kernel_hotplug"] == "stand-aside"
+    kernel.set_crash_hotplug(0)
+    plan = auto_plan(root)
+    assert plan["kernel_hotplug"] in ("hand-over", "unavailable") and plan["why"]
