@@ -185,4 +185,9 @@ def give_back(root: str = "/") -> list[str]:
         if data is not None and is_our_mask(data) and not os.path.islink(os.path.join(root, rel)):
             os.unlink(os.path.join(root, rel))
             notes.append(f"removed /{rel}: /{rule_state(root, rule.name).effective or rule.name} is active again")
+    if notes:
+        try:
+            os.rmdir(os.path.join(root, RUNTIME_DIR))  # only when empty: what take_over may have made
+        except OSError:
+            pass
     return notes
