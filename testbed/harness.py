@@ -1,9 +1,11 @@
-"""The VM tier's harness: a qemu guest running Debian's 6.1 kernel, driven from the host.
+"""The VM tier's harness: a qemu guest running one of Debian's kernels (6.1, 6.12), driven from the host.
 
 Read docs/vm-testbed.md for the design.  In short:
 
-- ``tools/vm-assets`` (run by ``./bootstrap test``) puts the kernel and two
-  initramfs into a cache; :class:`VmAssets` finds them.
+- ``tools/vm-assets`` (run by ``./bootstrap test``) puts each kernel and its
+  two initramfs into a cache; :meth:`VmAssets.load` finds them by kernel name
+  (``KERNELS``: bookworm's 6.1, bookworm-backports' 6.12 with
+  CONFIG_CRASH_HOTPLUG).
 - :class:`Guest` starts qemu (TCG) under ``timeout -s KILL`` (a hard limit that
   holds even if this process dies) and ``setpriv --pdeathsig KILL``, in its own
   process group, which :meth:`Guest.close` always kills.  Use it as a context
@@ -44,12 +46,19 @@ from .vmcore import VmcoreHeader, VmcoreParseError, parse_capture_console, vmcor
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv"
 DEFAULT_CACHE = Path("/var/cache/kdump-coalesce/vm")
+# The guest kernels tools/vm-assets builds (its KERNELS), by the name test ids
+# use; <cache>/current-<name> points at each one's directory.
+KERNELS = ("6.1", "6.12")
+DEFAULT_KERNEL = "6.1"
 QEMU = "qemu-system-x86_64"
 GIB = 1 << 30
 MIB = 1 << 20
 
 # Paths inside the guest's initramfs (tools/vm-assets puts them there).
 GUEST_KEXEC = "/sbin/kexec"
+# trixie's kexec-tools (>= 2.0.28: --hotplug) in the 6.12 guest's initramfs;
+# VmAssets.kexec_hotplug says whether the guest has it.
+GUEST_KEXEC_HOTPLUG = "/sbin/kexec-trixie"
 GUEST_KERNEL = "/kdc/vmlinuz"
 GUEST_CAPTURE_INITRD = "/kdc/capture.cpio.gz"
 GUEST_XFER = "/run/kdc-xfer"
@@ -61,6 +70,7 @@ CAPTURE_APPEND = "console=ttyS0 acpi_no_memhotplug nr_cpus=1 irqpoll reset_devic
 
 Where = Literal["initramfs", "host"]
 KexecMode = Literal["kexec_load", "kexec_file_load"]
+KexecTools = Literal["bookworm", "trixie"]
 
 
 class VmError(RuntimeError):
@@ -77,6 +87,10 @@ class GuestTimeout(VmError):
 
 class GuestDied(VmError):
     pass
+
+
+class BootCrashed(GuestDied):
+    """The guest kernel oopsed or panicked before its command server came up."""
 
 
 class CommandFailed(VmError):
@@ -100,18 +114,33 @@ class VmAssets:
     headers_common: Path
     package: str
     package_version: str
+    name: str = DEFAULT_KERNEL  # "6.1", "6.12": the KERNELS entry (test ids)
+    # trixie's kexec-tools (--hotplug), when the guest has it: its path in the
+    # guest's initramfs and a wrapper on the host root (for where="host").
+    kexec_hotplug: str | None = None
+    kexec_hotplug_host: Path | None = None
+    kexec_hotplug_version: str | None = None
 
     @classmethod
-    def load(cls, cache: Path | None = None) -> VmAssets:
+    def load(cls, cache: Path | None = None, kernel: str = DEFAULT_KERNEL) -> VmAssets:
+        """The assets of guest kernel `kernel` (a KERNELS name) from the cache tools/vm-assets fills."""
+        if kernel not in KERNELS:
+            raise VmUnavailable(f"no guest kernel {kernel!r}: the VM tier has {', '.join(KERNELS)}")
         cache = cache or Path(os.environ.get("KDUMP_COALESCE_VM_CACHE", str(DEFAULT_CACHE)))
-        manifest = cache / "current" / "assets.json"
+        link = cache / f"current-{kernel}"
+        if kernel == DEFAULT_KERNEL and not link.exists():
+            link = cache / "current"  # a cache from before there were two kernels
+        manifest = link / "assets.json"
         try:
             m = json.loads(manifest.read_text())
         except FileNotFoundError:
-            raise VmUnavailable(f"no VM assets at {manifest}: run tools/vm-assets as root (./bootstrap test does)") from None
+            raise VmUnavailable(
+                f"no VM assets for kernel {kernel} at {manifest}: run tools/vm-assets as root (./bootstrap test does)"
+            ) from None
         except ValueError as e:
             raise VmUnavailable(f"{manifest}: not JSON ({e}): re-run tools/vm-assets") from None
         d = manifest.parent.resolve()
+        hp = m.get("kexec_hotplug")
         assets = cls(
             directory=d,
             kernel_release=str(m["kernel_release"]),
@@ -122,22 +151,36 @@ class VmAssets:
             headers_common=Path(str(m["headers_common"])),
             package=str(m["package"]),
             package_version=str(m["package_version"]),
+            name=str(m.get("kernel_name", kernel)),
+            kexec_hotplug=str(hp["guest"]) if isinstance(hp, dict) else None,
+            kexec_hotplug_host=Path(str(hp["host"])) if isinstance(hp, dict) else None,
+            kexec_hotplug_version=str(hp["version"]) if isinstance(hp, dict) else None,
         )
+        if assets.name != kernel:
+            raise VmUnavailable(f"{manifest} is kernel {assets.name}, not {kernel}: re-run tools/vm-assets")
         for p in (assets.kernel, assets.guest_initrd, assets.capture_initrd):
             if not p.is_file():
                 raise VmUnavailable(f"{p} is missing: re-run tools/vm-assets")
         return assets
 
+    def config(self, symbol: str) -> str | None:
+        """CONFIG_<symbol>'s value in the guest kernel's config ("y", "m", "8192"), or None when unset."""
+        prefix = f"CONFIG_{symbol}="
+        for line in (self.directory / "config").read_text().splitlines():
+            if line.startswith(prefix):
+                return line[len(prefix) :]
+        return None
 
-def vm_unavailable_reason() -> str | None:
-    """Why the VM tier cannot run here, or None."""
+
+def vm_unavailable_reason(kernel: str = DEFAULT_KERNEL) -> str | None:
+    """Why the VM tier cannot run guest kernel `kernel` here, or None."""
     if os.geteuid() != 0:
         return "vm tier needs root"
     for tool in (QEMU, "timeout", "setpriv"):
         if shutil.which(tool) is None:
             return f"{tool} not found (./bootstrap setup installs qemu-system-x86)"
     try:
-        VmAssets.load()
+        VmAssets.load(kernel=kernel)
     except VmUnavailable as e:
         return str(e)
     return None
@@ -272,6 +315,35 @@ class Capture:
     console: bytes
 
 
+# The CPU and firmware identity that makes CPU hot-add work on both kernels
+# under TCG.  qemu 7.2 lists the not-yet-present vCPUs in the MADT with
+# Enabled=0 (and no Online Capable bit: its FADT is older than ACPI 6.3).
+# Since the 6.9 topology rewrite (7c0edad3643f "x86/cpu/topology: Rework
+# possible CPU management") only registered APICs become possible CPUs, and
+# arch/x86/kernel/acpi/boot.c counts an Enabled=0 LAPIC only when a
+# hypervisor is detected (adbf61cc47cb "x86/acpi/boot: Correct
+# acpi_is_processor_usable() check again", in Debian's 6.12.95):
+# "QEMU expects legacy "Enabled=0" LAPIC entries to be counted as usable".
+# Under TCG no hypervisor is detected (CPUID 0x40000000 says "TCGTCGTCGTCG",
+# which no hypervisor_x86 detector knows), so 6.12 boots with "2 present CPUs
+# plus 0 hotplug CPUs" and device_add ends in "Unable to map lapic".  With
+# the CPUID hypervisor bit off, arch/x86/kernel/cpu/vmware.c
+# vmware_platform() looks at the DMI serial ("VMware") and asks the VMware
+# backdoor (I/O port 0x5658), which qemu's vmport device (on by default for
+# -M pc under TCG) answers: the kernel says "Hypervisor detected: VMware" and
+# counts the six hotplug slots.  Both parts are needed.  6.1 (pre-6.9:
+# every disabled LAPIC was a hotplug CPU) hot-adds with or without it.  The
+# guest believes it runs on VMware; nothing in the tier depends on the
+# hypervisor otherwise.  (/tmp/research-612 findings, section 3.)
+GUEST_CPU = "qemu64,hypervisor=off"
+GUEST_SMBIOS = ("type=1,serial=VMware-kdc",)
+# What a boot that crashed before the command server looks like on the
+# console.  Under TCG, 6.12 rarely takes an int3 Oops in sched_clock_cpu right
+# after "sched_clock: Marking stable" (a static-key text_poke_bp seen by the
+# other vCPU): an infrastructure failure, retried once.
+BOOT_CRASH = re.compile(rb"Oops: |Kernel panic - not syncing|BUG: kernel NULL pointer")
+
+
 @dataclass(slots=True)
 class GuestConfig:
     mem_mib: int = 1024
@@ -286,6 +358,13 @@ class GuestConfig:
     boot_timeout: float = 90.0
     virtio_mem_gib: int = 0
     extra_args: Sequence[str] = ()
+    machine: str = "pc"
+    cpu: str = GUEST_CPU
+    smbios: Sequence[str] = GUEST_SMBIOS  # each one a -smbios argument
+    accel: str = "tcg"
+    # Boots that oops or panic before the command server is up are retried
+    # this many times (a fresh qemu, the console of the failed one kept).
+    boot_retries: int = 1
 
 
 class Guest:
@@ -312,6 +391,7 @@ class Guest:
         self._next_fetch = 0
         self.boot_seconds = 0.0
         self.started_at = 0.0
+        self.boot_retried: list[Path] = []  # consoles of boots that crashed and were retried
 
     # -- lifecycle
 
@@ -330,7 +410,8 @@ class Guest:
         c = self.config
         w = self.workdir
         argv = [
-            QEMU, "-accel", "tcg", "-M", "pc", "-cpu", "qemu64",
+            QEMU, "-accel", c.accel, "-M", c.machine, "-cpu", c.cpu,
+            *(a for s in c.smbios for a in ("-smbios", s)),
             "-m", f"{c.mem_mib}M,slots={c.slots},maxmem={c.maxmem_gib}G",
             "-smp", f"{c.smp},maxcpus={c.maxcpus}",
             "-kernel", str(self.assets.kernel), "-initrd", str(self.assets.guest_initrd),
@@ -360,6 +441,26 @@ class Guest:
         return argv
 
     def start(self) -> None:
+        """Boot the guest; a boot that crashes before the command server is retried (``boot_retries``)."""
+        attempt = 0
+        while True:
+            try:
+                self._start_once()
+                return
+            except GuestDied as e:
+                crash = BOOT_CRASH.search(self.console())
+                if crash is None or attempt >= self.config.boot_retries:
+                    if crash is not None:
+                        raise BootCrashed(f"{self.name}: boot crashed {attempt + 1} time(s)\n{e}") from e
+                    raise
+                attempt += 1
+                kept = self.workdir / f"console.boot{attempt}.log"
+                self._kill_qemu()
+                self.console_path.rename(kept)
+                self.boot_retried.append(kept)
+                print(f"[{self.name}] boot crashed ({crash.group(0).decode()!r}, console kept in {kept}): retrying")
+
+    def _start_once(self) -> None:
         # pytest dies -> `timeout` gets SIGKILL (pdeathsig) -> qemu, whose parent
         # that is, gets SIGKILL too; pytest hangs -> `timeout` kills qemu.
         # pdeathsig follows the *thread* that forked: start guests from the
@@ -388,6 +489,12 @@ class Guest:
 
     def close(self) -> None:
         """Kill qemu (and the timeout wrapper) for sure; keep the workdir only if asked."""
+        self._kill_qemu()
+        if os.environ.get("KDC_VM_KEEP"):
+            return
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _kill_qemu(self) -> None:
         if self.qmp is not None:
             self.qmp.close()
             self.qmp = None
@@ -407,9 +514,9 @@ class Guest:
             except ProcessLookupError:
                 pass
             self.proc = None
-        if os.environ.get("KDC_VM_KEEP"):
-            return
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self._cmd_buf = b""
+        for sock in ("cmd.sock", "qmp.sock"):
+            (self.workdir / sock).unlink(missing_ok=True)
 
     def wait_exit(self, timeout: float) -> int:
         assert self.proc is not None
@@ -547,17 +654,50 @@ class Guest:
         *,
         append: str = CAPTURE_APPEND,
         where: Where = "initramfs",
+        hotplug: bool = False,
+        timeout: float = 120.0,
     ) -> CommandResult:
-        """Load the capture kernel with kexec-tools (``kexec -p`` or ``kexec -s -p``)."""
-        flag = "-s " if mode == "kexec_file_load" else ""
-        if where == "initramfs":
-            kexec, kernel, initrd = GUEST_KEXEC, GUEST_KERNEL, GUEST_CAPTURE_INITRD
+        """Load the capture kernel with kexec-tools (``kexec -p`` or ``kexec -s -p``).
+
+        ``hotplug=True`` loads with trixie's kexec-tools and ``--hotplug``
+        (the image keeps the kernel's own header updates: KEXEC_UPDATE_ELFCOREHDR
+        on kexec_load, always on kexec_file_load); only guests whose assets
+        carry it (``assets.kexec_hotplug``, the 6.12 guest).  That kexec-tools
+        defaults to ``-a`` (kexec_file_load first), so kexec_load is asked
+        for with ``-c``.
+        """
+        if hotplug:
+            if self.assets.kexec_hotplug is None or self.assets.kexec_hotplug_host is None:
+                raise VmUnavailable(f"guest kernel {self.assets.name} has no kexec-tools with --hotplug")
+            flag = "-s " if mode == "kexec_file_load" else "-c "
+            flag += "--hotplug "
+            kexec = self.assets.kexec_hotplug if where == "initramfs" else str(self.assets.kexec_hotplug_host)
         else:
-            kexec, kernel, initrd = "/sbin/kexec", str(self.assets.kernel), str(self.assets.capture_initrd)
-        res = self.run(f"{kexec} {flag}-p {kernel} --initrd={initrd} --append='{append}'", where=where, timeout=120)
+            flag = "-s " if mode == "kexec_file_load" else ""
+            kexec = GUEST_KEXEC if where == "initramfs" else "/sbin/kexec"
+        if where == "initramfs":
+            kernel, initrd = GUEST_KERNEL, GUEST_CAPTURE_INITRD
+        else:
+            kernel, initrd = str(self.assets.kernel), str(self.assets.capture_initrd)
+        res = self.run(f"{kexec} {flag}-p {kernel} --initrd={initrd} --append='{append}'", where=where, timeout=timeout)
         if self.sysfs_flag("/sys/kernel/kexec_crash_loaded") != 1:
             raise VmError(f"kexec {flag}-p returned 0 but kexec_crash_loaded is not 1:\n{res.text}")
         return res
+
+    def crash_hotplug(self) -> tuple[int, int] | None:
+        """(cpu, memory) ``crash_hotplug`` (1: the kernel updates the loaded image's header itself), or None.
+
+        None when the kernel has no such files (no CONFIG_CRASH_HOTPLUG: 6.1).
+        Both read 0 while nothing is loaded or the image has no hotplug
+        support (kernel-facts 9).
+        """
+        r = self.run(
+            "cat /sys/devices/system/cpu/crash_hotplug /sys/devices/system/memory/crash_hotplug 2>/dev/null", check=False
+        )
+        values = r.text.split()
+        if r.rc != 0 or len(values) != 2:
+            return None
+        return int(values[0]), int(values[1])
 
     def crash_and_capture(self, timeout: float = 120.0) -> Capture:
         """Panic the guest (sysrq c), let the capture kernel print /proc/vmcore's headers, parse them.
@@ -584,13 +724,17 @@ class Guest:
 
     # -- hotplug
 
-    def hotplug_dimm(self, size: int = GIB, *, wait_online: bool = True, timeout: float = 60.0) -> Dimm:
-        """Hot-add a pc-dimm of `size` bytes; with wait_online, wait until all its blocks are online."""
+    def hotplug_dimm(
+        self, size: int = GIB, *, wait_online: bool = True, timeout: float = 60.0, addr: int | None = None
+    ) -> Dimm:
+        """Hot-add a pc-dimm of `size` bytes (at `addr`, else where qemu puts it: the first gap);
+        with wait_online, wait until all its blocks are online."""
         assert self.qmp is not None
         self._dimms += 1
         mem, dev = f"mem{self._dimms}", f"dimm{self._dimms}"
         self.qmp.execute("object-add", {"qom-type": "memory-backend-ram", "id": mem, "size": size})
-        self.qmp.execute("device_add", {"driver": "pc-dimm", "id": dev, "memdev": mem})
+        placed = {"addr": addr} if addr is not None else {}
+        self.qmp.execute("device_add", {"driver": "pc-dimm", "id": dev, "memdev": mem, **placed})
         addr = int(self.qmp.execute("qom-get", {"path": f"/machine/peripheral/{dev}", "property": "addr"}))
         dimm = Dimm(id=dev, memdev=mem, size=size, addr=addr)
         if wait_online:

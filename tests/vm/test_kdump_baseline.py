@@ -15,6 +15,7 @@ from testbed.harness import GIB, KexecMode, crash_kernel, merge_ranges, subtract
 pytestmark = pytest.mark.vm
 
 
+@pytest.mark.kernels("6.1", "6.12")
 def test_baseline_vmcore_lists_boot_ram_and_cpus(boot_guest: BootGuest) -> None:
     g = boot_guest()
     iomem = g.iomem()
