@@ -34,6 +34,7 @@ from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ground.ranges import PhysRange  # noqa: E402
 from updater import fastpath  # noqa: E402
 
 
@@ -70,11 +71,11 @@ def main() -> int:
     inputs = fastpath.FastPathInputs(
         capture=fastpath.CaptureKernel(kernel, initrd, "console=ttyS0 nr_cpus=1 irqpoll reset_devices"),
         purgatory=purgatory,
-        crash_regions=(fastpath.PhysRange(0x2B000000, 0x3AFFFFFF),),
+        crash_regions=(PhysRange.from_inclusive(0x2B000000, 0x3AFFFFFF),),
         iomem=(
-            fastpath.IomemRange(0x1000, 0x9FBFF, fastpath.RangeKind.SYSTEM_RAM),
-            fastpath.IomemRange(0x100000, 0x7FFDFFFF, fastpath.RangeKind.SYSTEM_RAM),
-            fastpath.IomemRange(0x7FFE0000, 0x7FFFFFFF, fastpath.RangeKind.RESERVED),
+            fastpath.IomemRange(PhysRange.from_inclusive(0x1000, 0x9FBFF), fastpath.RangeKind.SYSTEM_RAM),
+            fastpath.IomemRange(PhysRange.from_inclusive(0x100000, 0x7FFDFFFF), fastpath.RangeKind.SYSTEM_RAM),
+            fastpath.IomemRange(PhysRange.from_inclusive(0x7FFE0000, 0x7FFFFFFF), fastpath.RangeKind.RESERVED),
         ),
         boot_params=bp_path.read_bytes() if bp_path.exists() else synth.boot_params(),
         elfcorehdr_capacity=fastpath.elfcorehdr_capacity_for(cpus=args.cpus, ram_ranges=64),
