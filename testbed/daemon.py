@@ -60,10 +60,17 @@ class ScenarioReport:
     events: int
     sources: list[str]
     daemon_start_s: float | None
+    vmcore: str | None = None  # the capture's check, when the scenario panicked before reporting
 
 
 def report(
-    scenario: str, trace: TraceLog, *, wall_s: float, time_to_correct_s: float | None, daemon_start_s: float | None = None
+    scenario: str,
+    trace: TraceLog,
+    *,
+    wall_s: float,
+    time_to_correct_s: float | None,
+    daemon_start_s: float | None = None,
+    vmcore: str | None = None,
 ) -> ScenarioReport:
     batch = trace.reloads_after_ready()
     r = ScenarioReport(
@@ -80,6 +87,7 @@ def report(
         events=len(trace.events),
         sources=sorted(trace.sources()),
         daemon_start_s=daemon_start_s,
+        vmcore=vmcore,
     )
     print(f"scenario report: {json.dumps(asdict(r))}")
     path = os.environ.get("KDC_VM_REPORT")
