@@ -43,23 +43,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ground.errors import EXIT_FAILURE, EXIT_OK, ConfigError, UnavailableError
+from testbed import harness
 from testbed.daemon import kexec_daemon_args
-from testbed.harness import CAPTURE_APPEND, GIB, GUEST_XFER, REPO, Guest, GuestConfig, GuestTimeout, VmAssets, vm_unavailable_reason
+from testbed.harness import (
+    CAPTURE_APPEND, GIB, GUEST_APPEND, GUEST_XFER, REPO, Guest, GuestConfig, GuestTimeout, VmAssets, crash_kernel,
+    merge_ranges, subtract_range, system_ram, vm_unavailable_reason,
+)  # fmt: skip
 
-from ._metrics import StrategyFigures, figures
+from ._metrics import Extrapolation, StrategyFigures, extrapolate, figures
+from ._scale import CI, LAYOUTS, RFC, SCALES, Layout, Scale, legacy_scale
 
-__all__ = ["STRATEGIES", "StrategyRun", "render_table", "run_vm_bench", "vm_bench"]
+__all__ = [
+    "CI", "LAYOUTS", "RFC", "SCALES", "STRATEGIES", "BenchInterrupted", "Layout", "Scale", "StrategyRun",
+    "render_table", "run_vm_bench", "vm_bench",
+]  # fmt: skip
 
-STRATEGIES = ("udev-serial", "udev-throttle", "load-once", "kdump-coalesce/kexec", "kdump-coalesce/kexec-fast")
+STRATEGIES = ("udev-serial", "udev-throttle", "load-once", "kdump-coalesce/kexec", "kdump-coalesce/kexec-fast", "kernel")
 MIN_DIMMS = 8  # issue 7: at least 8 GiB as 1 GiB DIMMs (64 blocks of 128 MiB)
+KERNEL_STRATEGY_KERNEL = "6.12"  # CONFIG_CRASH_HOTPLUG + trixie's kexec-tools --hotplug (testbed KERNELS)
+# The kernel's own header update: kernel/crash_core.c (6.6+, a72bbec70da2
+# "crash: hotplug support for kexec_load()") calls it per memory online/offline.
+KERNEL_UPDATE_SYMBOL = "crash_handle_hotplug_event"
+PROGRESS_EVERY_S = 10.0
 
 # Seconds without a uevent, a handler exit or a kexec_load syscall after which
 # a strategy has settled.  The daemon needs more: its quiet period (1 s) and
@@ -72,10 +86,25 @@ IDLE_DAEMON_S = 6.0
 class StrategyRun:
     name: str
     figures: StrategyFigures
-    capture_covers: bool
+    capture_covers: bool | None  # None: no crash (interrupted)
     capture: str
     wall_s: float
     raw: dict[str, Any]
+    layout: str = ""
+    extrapolation: Extrapolation | None = None
+    qemu_peak_rss: int | None = None
+    captured_bytes: int | None = None
+    expected_bytes: int | None = None
+    interrupted: bool = False
+    skipped: str | None = None  # why the strategy could not run (the kernel strategy without a 6.12 guest)
+
+
+class BenchInterrupted(Exception):
+    """Ctrl-C during a run: what was measured so far of the strategy that was running (if anything)."""
+
+    def __init__(self, partial: StrategyRun | None) -> None:
+        super().__init__("interrupted")
+        self.partial = partial
 
 
 def _check_vm() -> None:
@@ -84,9 +113,9 @@ def _check_vm() -> None:
         raise UnavailableError("bench vm-resize", str(reason), "as root, after tools/vm-assets (./bootstrap test does it)")
 
 
-def _selected(names: list[str] | None) -> list[str]:
+def _selected(names: list[str] | None, default: tuple[str, ...] = STRATEGIES) -> list[str]:
     if not names:
-        return list(STRATEGIES)
+        return list(default)
     out: list[str] = []
     for n in names:
         hits = [s for s in STRATEGIES if s == n or s.split("/")[0] == n]
@@ -132,75 +161,248 @@ def _log(msg: str) -> None:
     print(f"bench vm-resize: {msg}", file=sys.stderr, flush=True)
 
 
-def run_strategy(assets: VmAssets, name: str, dimms: int, *, timeout: float = 600.0) -> StrategyRun:
-    """One fresh guest, kdump loaded, the burst, the strategy settled, a crash and its capture."""
+def _qemu_of(g: Guest) -> int | None:
+    """The qemu-system process under the guest's setpriv/timeout wrappers."""
+    if g.proc is None:
+        return None
+    todo, seen = [g.proc.pid], set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip().startswith("qemu-system"):
+                return pid
+            for t in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(c) for c in (t / "children").read_text().split()]
+        except OSError:
+            continue
+    return None
+
+
+def _peak_rss(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _guest_config(scale: Scale, layout: Layout, timeout: float) -> GuestConfig:
+    extra: list[str] = []
+    machine = "pc"
+    if scale.main_backend:
+        # -m 32G does not start on a 24 GiB host under heuristic overcommit
+        # (kernel-facts 10): main RAM from a backend with reserve=off.
+        extra += ["-object", f"memory-backend-ram,id=kdc-main,size={scale.base_mib}M,reserve=off"]
+        machine = "pc,memory-backend=kdc-main"
+    append = GUEST_APPEND + ("".join(f" {a}" for a in scale.append))
+    return GuestConfig(
+        mem_mib=scale.base_mib,
+        slots=max(8, layout.count),
+        maxmem_gib=scale.base_mib // 1024 + layout.total_gib + 2,
+        hard_timeout=timeout + 1200,
+        boot_timeout=300.0 if scale.base_mib > 4096 else 90.0,
+        append=append,
+        machine=machine,
+        extra_args=tuple(extra),
+    )
+
+
+def _hotplug(g: Guest, layout: Layout, reserve: bool) -> list[tuple[int, int]]:
+    """Hot-add the layout's DIMMs through QMP at once; [(addr, end)] of each."""
+    assert g.qmp is not None
+    out: list[tuple[int, int]] = []
+    for i in range(layout.count):
+        mem, dev = f"bmem{i}", f"bdimm{i}"
+        props: dict[str, Any] = {"qom-type": "memory-backend-ram", "id": mem, "size": layout.size_gib * GIB}
+        if not reserve:
+            props["reserve"] = False  # the host backs only what the guest touches (kernel-facts 10)
+        g.qmp.execute("object-add", props)
+        g.qmp.execute("device_add", {"driver": "pc-dimm", "id": dev, "memdev": mem}, timeout=120)
+        addr = int(g.qmp.execute("qom-get", {"path": f"/machine/peripheral/{dev}", "property": "addr"}))
+        out.append((addr, addr + layout.size_gib * GIB))
+    return out
+
+
+def _progress_line(name: str, layout: Layout, p: dict[str, Any], t0: float) -> str:
+    q = f", {p['queued']} handlers queued" if p.get("queued") else ""
+    return (
+        f"[{layout.name}] {name}: {p.get('online', 0)}/{p.get('expect', '?')} blocks onlined, "
+        f"{p.get('reloads', 0)} reloads so far{q}, {time.monotonic() - t0:.0f} s elapsed"
+    )
+
+
+def run_strategy(
+    assets: VmAssets,
+    name: str,
+    dimms: int,
+    *,
+    timeout: float = 600.0,
+    scale: Scale | None = None,
+    layout: Layout | None = None,
+) -> StrategyRun:
+    """One fresh guest, kdump loaded, the burst, the strategy settled, a crash and its capture.
+
+    Ctrl-C (KeyboardInterrupt) during the measurement asks the guest to stop
+    (DIR/.stop), keeps what it recorded and raises :class:`BenchInterrupted`
+    with it; the guest is killed on the way out like always.
+    """
+    scale = scale or legacy_scale(dimms)
+    layout = layout or scale.layouts[0]
     _wait_for_no_qemu(300)
     t0 = time.monotonic()
-    cfg = GuestConfig(
+    cfg = _guest_config(scale, layout, timeout) if not scale.legacy else GuestConfig(
         mem_mib=1024 if dimms <= 12 else 2048,  # ~2 MiB of boot RAM per hot-added block's memmap
         slots=max(8, dimms),
         maxmem_gib=(2 if dimms > 12 else 1) + dimms + 1,
         hard_timeout=timeout + 300,
     )
-    with Guest(assets, cfg, name=f"bench-{name.replace('/', '-')}") as g:
-        g.kexec_load_crash()
-        block = int(g.read_text("/sys/devices/system/memory/block_size_bytes").strip(), 16)
-        expect = dimms * (GIB // block)
-        extra: list[str] = []
-        if name.startswith("kdump-coalesce/"):
-            # --source uevent, not auto: no BPF compile under TCG (see the module's doc)
-            args = kexec_daemon_args(assets, source="uevent", backend=name.split("/", 1)[1])
-            d = g.start_daemon(args, ready=lambda t: t.ready, ready_timeout=240)
-            extra += ["--daemon-pid", str(d.pid()), "--idle", str(IDLE_DAEMON_S)]
-        else:
-            extra += ["--handler", str(REPO / "tools" / "vm" / f"bench-{name}"), "--idle", str(IDLE_HANDLERS_S)]
-        env = {
-            "BENCH_KEXEC": "/sbin/kexec",
-            "BENCH_KERNEL": str(assets.kernel),
-            "BENCH_INITRD": str(assets.capture_initrd),
-            "BENCH_APPEND": CAPTURE_APPEND,
-        }
-        out = f"{GUEST_XFER}/bench"
-        argv = ["/usr/bin/python3", str(REPO / "tools" / "vm" / "bench-guest.py"), "--out", out,
-                "--expect", str(expect), "--timeout", str(timeout), *extra]  # fmt: skip
-        envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        g.run_host(
-            f"cd /tmp && {envs} setsid {shlex.join(argv)} </dev/null >{GUEST_XFER}/bench.log 2>&1 &", timeout=30
+    measuring = False
+    host_out: Path | None = None
+    try:
+        with Guest(assets, cfg, name=f"bench-{name.replace('/', '-')}") as g:
+            qemu = _qemu_of(g)
+            if name == "kernel":
+                g.kexec_load_crash(hotplug=True)
+            else:
+                g.kexec_load_crash()
+            block = int(g.read_text("/sys/devices/system/memory/block_size_bytes").strip(), 16)
+            expect = layout.total_gib * (GIB // block)
+            base_iomem = g.iomem()
+            extra: list[str] = []
+            if scale.max_workers:
+                extra += ["--max-workers", str(scale.max_workers)]
+            if name.startswith("kdump-coalesce/"):
+                # --source uevent, not auto: no BPF compile under TCG (see the module's doc)
+                args = kexec_daemon_args(assets, source="uevent", backend=name.split("/", 1)[1])
+                d = g.start_daemon(args, ready=lambda t: t.ready, ready_timeout=240)
+                extra += ["--daemon-pid", str(d.pid()), "--idle", str(IDLE_DAEMON_S)]
+            elif name == "kernel":
+                extra += ["--kprobe", KERNEL_UPDATE_SYMBOL, "--idle", str(IDLE_HANDLERS_S)]
+            else:
+                extra += ["--handler", str(REPO / "tools" / "vm" / f"bench-{name}"), "--idle", str(IDLE_HANDLERS_S)]
+                if name == "udev-serial" and scale.serial_cutoff:
+                    extra += ["--cutoff-reloads", str(scale.serial_cutoff)]
+            env = {
+                "BENCH_KEXEC": "/sbin/kexec",
+                "BENCH_KERNEL": str(assets.kernel),
+                "BENCH_INITRD": str(assets.capture_initrd),
+                "BENCH_APPEND": CAPTURE_APPEND,
+            }
+            out = f"{GUEST_XFER}/bench"
+            argv = ["/usr/bin/python3", str(REPO / "tools" / "vm" / "bench-guest.py"), "--out", out,
+                    "--expect", str(expect), "--timeout", str(timeout), *extra]  # fmt: skip
+            envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+            g.run_host(
+                f"cd /tmp && {envs} setsid {shlex.join(argv)} </dev/null >{GUEST_XFER}/bench.log 2>&1 &", timeout=30
+            )
+            host_out = g.xfer / "bench"
+            deadline = time.monotonic() + 60
+            while not (host_out / ".ready").exists():
+                if time.monotonic() > deadline:
+                    raise GuestTimeout(f"bench-guest.py not ready: {(g.xfer / 'bench.log').read_text(errors='replace')}")
+                time.sleep(0.1)
+            measuring = True
+            _log(f"[{layout.name}] {name}: hot-adding {layout.describe()} ({expect} blocks)")
+            added = _hotplug(g, layout, reserve=scale.legacy)
+            deadline = time.monotonic() + timeout + 60
+            contended: set[int] = set()
+            last_print = time.monotonic()
+            while not (host_out / "result.json").exists():
+                pids = qemu_pids()
+                if len(pids) > 1:  # ours is one of them
+                    contended.update(p for p in pids if p != qemu)
+                if time.monotonic() > deadline:
+                    raise GuestTimeout(f"{name}: no result after {timeout:.0f}s: {(g.xfer / 'bench.log').read_text(errors='replace')}")
+                if time.monotonic() - last_print >= PROGRESS_EVERY_S:
+                    last_print = time.monotonic()
+                    prog = _read_json(host_out / "progress.json")
+                    if prog:
+                        _log(_progress_line(name, layout, prog, t0))
+                time.sleep(0.5)
+            measuring = False
+            raw: dict[str, Any] = json.loads((host_out / "result.json").read_text())
+            run = _run_from_raw(name, layout, raw, t0, contended, timeout, expect)
+            rss = _peak_rss(qemu)
+            _log(f"[{layout.name}] {name}: settled, {run.figures.reloads} reloads; crashing for the capture")
+            cap = g.crash_and_capture(timeout=300)
+            base = subtract_range(merge_ranges(system_ram(base_iomem)), crash_kernel(base_iomem))
+            want = merge_ranges([*base, *added])
+            covers = all(cap.vmcore.covers(a, b) for a, b in want)
+            captured = sum(b - a for a, b in cap.vmcore.ranges())
+            return replace(
+                run, capture_covers=covers, capture=cap.vmcore.describe(), wall_s=time.monotonic() - t0,
+                qemu_peak_rss=rss, captured_bytes=captured, expected_bytes=sum(b - a for a, b in want),
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        partial: StrategyRun | None = None
+        if measuring and host_out is not None:
+            partial = _stop_guest_and_read(name, layout, host_out, t0, timeout, expect)
+        raise BenchInterrupted(partial) from None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _stop_guest_and_read(name: str, layout: Layout, host_out: Path, t0: float, timeout: float, expect: int) -> StrategyRun | None:
+    """Ctrl-C: ask bench-guest.py to stop (DIR/.stop) and read what it kept (the guest is still up here)."""
+    _log(f"[{layout.name}] {name}: interrupted: asking the guest for what it measured so far")
+    (host_out / ".stop").touch()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        raw = _read_json(host_out / "result.json")
+        if raw is not None:
+            run = _run_from_raw(name, layout, raw, t0, set(), timeout, expect)
+            return replace(run, interrupted=True, capture_covers=None, capture="not checked (interrupted)",
+                           figures=_note(run.figures, "interrupted (Ctrl-C): figures so far, no crash"))  # fmt: skip
+        time.sleep(0.2)
+    return None
+
+
+def _run_from_raw(
+    name: str, layout: Layout, raw: dict[str, Any], t0: float, contended: set[int], timeout: float, expect: int
+) -> StrategyRun:
+    cpu = raw["handler_cpu_s"] if raw.get("handler_cpu_s") is not None else raw.get("daemon_cpu_s")
+    fig = figures(
+        raw["uevents"], raw["trace"], cpu_s=cpu, handlers=int(raw["handlers"]), t_end=raw["t_end"],
+        t_start=raw.get("t_start"),
+    )  # fmt: skip
+    ext: Extrapolation | None = None
+    cut = raw.get("cutoff")
+    if isinstance(cut, dict):
+        done = sum(1 for r in raw.get("handler_runs", []) if r[1] <= float(cut["t"]) and r[2] == 0)
+        ext = extrapolate(raw["uevents"], raw["trace"], t_cut=float(cut["t"]), blocks=expect, handlers_done=done, cpu_s=cpu)
+        fig = _note(
+            fig,
+            f"cut off after {cut['reloads']} reloads (budget {raw.get('cutoff_reloads')}): {cut['handlers_killed']} "
+            f"running handlers killed, {cut['handlers_not_run']} queued never run, one completion load "
+            f"(rc {cut['completion_load_rc']}); the rest extrapolated",
         )
-        host_out = g.xfer / "bench"
-        deadline = time.monotonic() + 60
-        while not (host_out / ".ready").exists():
-            if time.monotonic() > deadline:
-                raise GuestTimeout(f"bench-guest.py not ready: {(g.xfer / 'bench.log').read_text(errors='replace')}")
-            time.sleep(0.1)
-        _log(f"{name}: hot-adding {dimms} x 1 GiB ({expect} blocks)")
-        added = [g.hotplug_dimm(GIB, wait_online=False) for _ in range(dimms)]
-        for dimm in added:
-            g.wait_memory_online(dimm.addr, dimm.end, timeout=180)
-        deadline = time.monotonic() + timeout + 30
-        contended: set[int] = set()
-        while not (host_out / "result.json").exists():
-            pids = qemu_pids()
-            if len(pids) > 1:  # ours is one of them
-                contended.update(pids)
-            if time.monotonic() > deadline:
-                raise GuestTimeout(f"{name}: no result after {timeout:.0f}s: {(g.xfer / 'bench.log').read_text(errors='replace')}")
-            time.sleep(0.5)
-        raw: dict[str, Any] = json.loads((host_out / "result.json").read_text())
-        cpu = raw["handler_cpu_s"] if raw.get("handler_cpu_s") is not None else raw.get("daemon_cpu_s")
-        fig = figures(raw["uevents"], raw["trace"], cpu_s=cpu, handlers=int(raw["handlers"]), t_end=raw["t_end"])
-        if raw.get("timed_out"):
-            fig = _note(fig, f"did not settle within {timeout:.0f}s")
-        if contended:
-            fig = _note(fig, f"CONTENDED: another qemu ran during the measurement (pids {sorted(contended)}): timings not comparable")
-        if raw.get("uevents_lost"):
-            fig = _note(fig, f"{raw['uevents_lost']} uevent receive overflows")
-        if raw.get("daemon_cpu_s") is None and name.startswith("kdump-coalesce/"):
-            fig = _note(fig, "daemon CPU unavailable (process gone?)")
-        _log(f"{name}: settled, {fig.reloads} reloads; crashing for the capture")
-        cap = g.crash_and_capture()
-        covers = all(cap.vmcore.covers(dm.addr, dm.end) for dm in added)
-        return StrategyRun(name, fig, covers, cap.vmcore.describe(), time.monotonic() - t0, {**raw, "contended": bool(contended)})
+    if raw.get("timed_out"):
+        fig = _note(fig, f"did not settle within {timeout:.0f}s")
+    if contended:
+        fig = _note(fig, f"CONTENDED: another qemu ran during the measurement (pids {sorted(contended)}): timings not comparable")
+    if raw.get("uevents_lost"):
+        fig = _note(fig, f"{raw['uevents_lost']} uevent receive overflows")
+    if raw.get("kprobe_error"):
+        fig = _note(fig, str(raw["kprobe_error"]))
+    if raw.get("daemon_cpu_s") is None and name.startswith("kdump-coalesce/"):
+        fig = _note(fig, "daemon CPU unavailable (process gone?)")
+    return StrategyRun(
+        name, fig, False, "", time.monotonic() - t0, {**raw, "contended": bool(contended)}, layout=layout.name,
+        extrapolation=ext,
+    )  # fmt: skip
 
 
 def _note(fig: StrategyFigures, note: str) -> StrategyFigures:
@@ -209,44 +411,139 @@ def _note(fig: StrategyFigures, note: str) -> StrategyFigures:
     return replace(fig, notes=(*fig.notes, note))
 
 
-def vm_bench(dimms: int, names: list[str] | None = None, *, timeout: float = 600.0) -> dict[str, Any]:
-    """Run the selected strategies, one guest each, and return the ``bench --json`` object."""
+def _kernel_assets() -> VmAssets | str:
+    """The 6.12 guest's assets for the ``kernel`` strategy, or why there is none."""
+    if KERNEL_STRATEGY_KERNEL not in getattr(harness, "KERNELS", ()):
+        return "the VM harness has no 6.12 guest kernel"
+    try:
+        assets = VmAssets.load(kernel=KERNEL_STRATEGY_KERNEL)
+    except harness.VmUnavailable as e:
+        return str(e)
+    if assets.config("CRASH_HOTPLUG") != "y" or assets.kexec_hotplug is None:
+        return f"guest kernel {assets.kernel_release} lacks CONFIG_CRASH_HOTPLUG or kexec-tools --hotplug"
+    return assets
+
+
+def vm_bench(
+    dimms: int,
+    names: list[str] | None = None,
+    *,
+    timeout: float = 600.0,
+    scale: Scale | None = None,
+    layouts: list[str] | None = None,
+    runs_out: list[StrategyRun] | None = None,
+) -> dict[str, Any]:
+    """Run the selected strategies, one guest each, and return the ``bench --json`` object.
+
+    ``runs_out`` collects every finished run as it ends, so that a caller that
+    catches :class:`BenchInterrupted` still has them.
+    """
     _check_vm()
+    scale = scale or legacy_scale(dimms)
     assets = VmAssets.load()
-    runs: list[StrategyRun] = []
-    for name in _selected(names):
-        _log(f"{name}: booting a fresh guest")
-        runs.append(run_strategy(assets, name, dimms, timeout=timeout))
+    runs: list[StrategyRun] = runs_out if runs_out is not None else []
+    chosen = [lay for lay in scale.layouts if not layouts or lay.name in layouts]
+    if layouts and not chosen:
+        raise ConfigError("--layout", f"{', '.join(layouts)}: not a layout of scale {scale.name} ({', '.join(x.name for x in scale.layouts)})")
+    kernel_assets: VmAssets | str | None = None
+    for layout in chosen:
+        for name in _selected(names, scale.strategies):
+            budget = scale.timeout if scale.timeout else timeout
+            if name == "kernel":
+                kernel_assets = kernel_assets or _kernel_assets()
+                if isinstance(kernel_assets, str):
+                    _log(f"[{layout.name}] kernel: not run: {kernel_assets}")
+                    runs.append(_skipped(name, layout, kernel_assets))
+                    continue
+                a = kernel_assets
+            else:
+                a = assets
+            _log(f"[{layout.name}] {name}: booting a fresh guest")
+            runs.append(run_strategy(a, name, dimms, timeout=budget, scale=scale, layout=layout))
+    return bench_doc(scale, runs)
+
+
+def _skipped(name: str, layout: Layout, why: str) -> StrategyRun:
+    fig = StrategyFigures(reloads=0, settle_s=None, exposure_s=0.0, max_window_s=0.0, stale_s=None, cpu_s=None, notes=(f"not run: {why}",))
+    return StrategyRun(name, fig, None, "", 0.0, {}, layout=layout.name, skipped=why)
+
+
+def _key(r: StrategyRun, scale: Scale) -> str:
+    return r.name if len(scale.layouts) == 1 else f"{r.layout}/{r.name}"
+
+
+def bench_doc(scale: Scale, runs: list[StrategyRun], *, interrupted: bool = False) -> dict[str, Any]:
+    """The JSON object of a run (finished or interrupted)."""
+    from coalescer import Policy  # the daemon's default policy: the bound of the target
+
+    pol = Policy()
+    details: dict[str, Any] = {}
+    strategies: dict[str, Any] = {}
+    for r in runs:
+        k = _key(r, scale)
+        f = r.figures
+        burst = None
+        if f.first_event is not None and r.raw.get("uevents"):
+            burst = max(float(u[0]) for u in r.raw["uevents"]) - f.first_event
+        strategies[k] = {**f.schema(), "total_s": f.total_s}
+        details[k] = {
+            "layout": r.layout,
+            "strategy": r.name,
+            "capture_covers_all_dimms": r.capture_covers,
+            "capture_covers_all_memory": r.capture_covers,
+            "captured_gib": None if r.captured_bytes is None else r.captured_bytes / GIB,
+            "expected_gib": None if r.expected_bytes is None else r.expected_bytes / GIB,
+            "capture": r.capture,
+            "unloads": f.unloads,
+            "failed_kexec_calls": f.failed_calls,
+            "windows": len(f.windows),
+            "kernel_updates": f.kernel_updates,
+            "memory_uevents": f.memory_uevents,
+            "online_uevents": f.online_uevents,
+            "handlers": f.handlers,
+            "burst_s": burst,
+            "reload_bound": None if burst is None else math.ceil(burst / pol.max_delay) + 1,
+            "peak_guest_mem_mib": (r.raw.get("peak_mem_bytes") or 0) / (1 << 20) if r.raw.get("peak_mem_bytes") else None,
+            "peak_qemu_rss_mib": None if r.qemu_peak_rss is None else r.qemu_peak_rss / (1 << 20),
+            "cutoff": r.raw.get("cutoff"),
+            "extrapolated": None if r.extrapolation is None else r.extrapolation.to_json(),
+            "wall_s": r.wall_s,
+            "timed_out": bool(r.raw.get("timed_out")),
+            "interrupted": r.interrupted,
+            "skipped": r.skipped,
+            "contended": bool(r.raw.get("contended")),
+            "notes": list(f.notes),
+            "timeline": {
+                "t0": f.first_event,
+                "events": [float(u[0]) for u in r.raw.get("uevents", []) if u[1] in ("online", "offline")],
+                "windows": [list(w) for w in f.windows],
+                "installs": list(f.installs),
+            },
+        }
+    first = next((r for r in runs if r.skipped is None), None)
     return {
         "scenario": "vm-resize",
         "source": "vm",
-        "dimms": dimms,
-        "blocks": runs[0].figures.online_uevents if runs else 0,
-        "strategies": {r.name: r.figures.schema() for r in runs},
-        "details": {
-            r.name: {
-                "capture_covers_all_dimms": r.capture_covers,
-                "capture": r.capture,
-                "unloads": r.figures.unloads,
-                "failed_kexec_calls": r.figures.failed_calls,
-                "windows": len(r.figures.windows),
-                "memory_uevents": r.figures.memory_uevents,
-                "online_uevents": r.figures.online_uevents,
-                "handlers": r.figures.handlers,
-                "wall_s": r.wall_s,
-                "timed_out": bool(r.raw.get("timed_out")),
-                "contended": bool(r.raw.get("contended")),
-                "notes": list(r.figures.notes),
-            }
-            for r in runs
-        },
+        "scale": scale.name,
+        "dimms": scale.layouts[0].count if scale.legacy else None,
+        "layouts": [{"name": x.name, "dimms": x.count, "dimm_gib": x.size_gib} for x in scale.layouts],
+        "base_mib": scale.base_mib,
+        "blocks": first.figures.online_uevents if first else 0,
+        "interrupted": interrupted,
+        "max_delay_s": pol.max_delay,
+        "strategies": strategies,
+        "details": details,
         "notes": [
             "windows and reloads: kexec_load syscall tracepoints in the guest (tracefs, trace_clock=mono)",
-            "settle_s: last memory uevent -> exit of the last successful crash load (guest clock)",
+            "settle_s: last memory uevent -> exit of the last successful crash load (guest clock); "
+            "total_s: first memory uevent -> the same",
             "cpu_s: distro handlers' rusage incl. their kexec children; kdump-coalesce: daemon's /proc stat delta "
             "over the burst (start-up excluded)",
-            "stale_s: null: when kexec-tools read /proc/iomem is not visible in the syscall trace",
+            "stale_s: from the first memory uevent after a header's loader started (exec of kexec, else the "
+            "syscall) to the next header installed, windows excluded: an upper bound by the loader's start-up",
             "kdump-coalesce runs with --source uevent (no BPF compile under TCG)",
+            *([f"handlers: at most {scale.max_workers} at a time, as udevd's children_max (2 vCPUs * 2 + 16)"]
+              if scale.max_workers else []),  # fmt: skip
         ],
     }
 
@@ -256,19 +553,53 @@ def _f(v: object, fmt: str = "{:.3f}") -> str:
 
 
 def render_table(doc: dict[str, Any]) -> str:
+    scale = doc.get("scale", "dimms")
+    if scale in (None, "dimms"):
+        head = f"vm-resize: {doc.get('dimms')} x 1 GiB DIMMs ({doc.get('blocks')} blocks), one qemu (TCG) guest per strategy"
+    else:
+        lays = ", ".join(f"{x['name']} ({x['dimms']} x {x['dimm_gib']} GiB)" for x in doc.get("layouts", []))
+        head = f"vm-resize --scale {scale}: {doc.get('blocks')} blocks; layouts {lays}; one qemu (TCG) guest per strategy"
+    if doc.get("interrupted"):
+        head += "  ** INTERRUPTED: figures so far **"
     lines = [
-        f"vm-resize: {doc.get('dimms')} x 1 GiB DIMMs ({doc.get('blocks')} blocks), one qemu (TCG) guest per strategy",
+        head,
         "",
-        "| strategy | reloads | unloads | settle_s | exposure_s | max_window_s | stale_s | cpu_s | capture covers DIMMs | wall_s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| strategy | reloads | unloads | settle_s | total_s | exposure_s | max_window_s | stale_s | cpu_s | "
+        "peak guest MiB | peak qemu MiB | capture covers | wall_s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, m in doc["strategies"].items():
         d = doc["details"][name]
+        if d.get("skipped"):
+            lines.append(f"| {name} | not run: {d['skipped']} |" + " |" * 11)
+            continue
+        cov = d["capture_covers_all_dimms"]
+        covers = "not checked" if cov is None else ("yes" if cov else "NO")
+        if cov and d.get("captured_gib") is not None:
+            covers += f" ({d['captured_gib']:.1f} GiB)"
+        reloads = str(m["reloads"]) if not d.get("kernel_updates") else f"{m['reloads']} ({d['kernel_updates']} in-kernel updates)"
         lines.append(
-            f"| {name} | {m['reloads']} | {d['unloads']} | {_f(m['settle_s'], '{:.2f}')} | {_f(m['exposure_s'], '{:.4f}')} | "
-            f"{_f(m['max_window_s'], '{:.4f}')} | {_f(m['stale_s'])} | {_f(m['cpu_s'], '{:.2f}')} | "
-            f"{'yes' if d['capture_covers_all_dimms'] else 'NO'} | {d['wall_s']:.0f} |"
+            f"| {name} | {reloads} | {d['unloads']} | {_f(m['settle_s'], '{:.2f}')} | {_f(m.get('total_s'), '{:.1f}')} | "
+            f"{_f(m['exposure_s'], '{:.4f}')} | {_f(m['max_window_s'], '{:.4f}')} | {_f(m['stale_s'], '{:.2f}')} | "
+            f"{_f(m['cpu_s'], '{:.2f}')} | {_f(d.get('peak_guest_mem_mib'), '{:.0f}')} | "
+            f"{_f(d.get('peak_qemu_rss_mib'), '{:.0f}')} | {covers} | {d['wall_s']:.0f} |"
         )
+        x = d.get("extrapolated")
+        if x:
+            lines.append(
+                f"| {name} (extrapolated to {x['blocks']} blocks from {x['from_reloads']} reloads) | {x['reloads']} | "
+                f"{x['reloads']} | {x['settle_s']:.1f} | {x['total_s']:.1f} | {x['exposure_s']:.1f} | "
+                f"{x['mean_window_s']:.4f} | - | {_f(x['cpu_s'], '{:.1f}')} | - | - | - | - |"
+            )
+    for name, d in doc["details"].items():
+        if d.get("reload_bound") is not None and d["strategy"].startswith("kdump-coalesce/"):
+            r = doc["strategies"][name]["reloads"]
+            ok = "ok" if r <= d["reload_bound"] else "MISSED"
+            lines.append(
+                f"target ({name}): reloads {r} <= ceil(burst {d['burst_s']:.1f} s / max_delay {doc.get('max_delay_s', 30):.0f} s) + 1 "
+                f"= {d['reload_bound']}: {ok}"
+            )
+    lines += _ratio_lines(doc)
     for name, d in doc["details"].items():
         for n in d["notes"]:
             lines.append(f"note ({name}): {n}")
@@ -276,18 +607,67 @@ def render_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _ratio_lines(doc: dict[str, Any]) -> list[str]:
+    """kdump-coalesce's exposure against udev-serial's (extrapolated when cut off), per layout."""
+    out: list[str] = []
+    det = doc["details"]
+    for k, d in det.items():
+        if d["strategy"] != "udev-serial" or d.get("skipped"):
+            continue
+        x = d.get("extrapolated")
+        serial = x["exposure_s"] if x else doc["strategies"][k]["exposure_s"]
+        for k2, d2 in det.items():
+            if d2["layout"] == d["layout"] and d2["strategy"].startswith("kdump-coalesce/") and not d2.get("skipped"):
+                e = doc["strategies"][k2]["exposure_s"]
+                ratio = serial / e if e else float("inf")
+                ok = "ok" if ratio >= 1000 else "MISSED"
+                src = f"extrapolated from {x['from_reloads']} reloads" if x else "measured"
+                out.append(f"target ({k2}): exposure {e:.4f} s vs udev-serial's {serial:.1f} s ({src}): {ratio:,.0f}x >= 1000x: {ok}")
+    return out
+
+
 def run_vm_bench(args: argparse.Namespace) -> int:
     """The hook of ``kdump-coalesce bench vm-resize`` (kdump_coalesce/commands/bench.py)."""
     dimms = int(getattr(args, "dimms", MIN_DIMMS))
-    if dimms < 1 or dimms > 64:
-        raise ConfigError("--dimms", f"expected 1..64 DIMMs of 1 GiB, got {dimms}")
+    scale_name = getattr(args, "scale", None)
+    if scale_name:
+        if scale_name not in SCALES:
+            raise ConfigError("--scale", f"{scale_name!r}: expected one of {', '.join(SCALES)}")
+        scale = SCALES[scale_name]
+    else:
+        if dimms < 1 or dimms > 64:
+            raise ConfigError("--dimms", f"expected 1..64 DIMMs of 1 GiB, got {dimms}")
+        scale = legacy_scale(dimms)
+    if getattr(args, "cutoff", None) is not None:
+        scale = replace(scale, serial_cutoff=int(args.cutoff))
+    runs: list[StrategyRun] = []
+    interrupted = False
+    try:
+        vm_bench(dimms, args.strategy, timeout=float(getattr(args, "vm_timeout", 600.0)), scale=scale,
+                 layouts=getattr(args, "layout", None), runs_out=runs)  # fmt: skip
+    except BenchInterrupted as e:
+        interrupted = True
+        if e.partial is not None:
+            runs.append(e.partial)
+        _log("interrupted: printing what was measured so far")
+    except KeyboardInterrupt:
+        interrupted = True
+        _log("interrupted: printing what was measured so far")
+    doc = bench_doc(scale, runs, interrupted=interrupted)
     if getattr(args, "plot", None):
-        raise ConfigError("--plot", "vm-resize has no plot yet (model scenarios only)")
-    doc = vm_bench(dimms, args.strategy, timeout=float(getattr(args, "vm_timeout", 600.0)))
+        from ._plot import plot_vm
+
+        plot_vm(doc, args.plot)
     if args.json:
         print(json.dumps(doc))
     else:
         print(render_table(doc))
+        if getattr(args, "plot", None):
+            print(f"\ntimeline written to {args.plot}")
     sys.stdout.flush()
-    ok = all(d["capture_covers_all_dimms"] and not d["timed_out"] for d in doc["details"].values())
+    if interrupted:
+        return 130
+    ok = all(
+        (d["capture_covers_all_dimms"] or d.get("skipped")) and not d["timed_out"] for d in doc["details"].values()
+    )
     return EXIT_OK if ok else EXIT_FAILURE

@@ -16,6 +16,18 @@ the end, and an unload (``nr_segments == 0``) frees it; both run under
 window opens at the enter of an unload or of a crash load while an image is
 loaded, and closes at the exit of a crash load that returned 0; an EBUSY
 call that opened it cancels it.
+
+``stale_s`` (issue 15): a loaded header is stale from the first memory
+uevent after the moment its loader read the system state until the next
+header is installed (windows without any crash kernel excluded).  The read
+is bounded by the exec of the loading kexec process (``sched_process_exec``:
+kexec-tools reads /proc/iomem after it starts) and the syscall; the exec is
+used when the trace has it, so ``stale_s`` is an upper bound by at most the
+loader's start-up (~1 s under TCG); for an in-process load (kdump-coalesce's
+kexec-fast) the syscall's entry, a lower bound.  The kernel's own update
+(``kernel`` strategy) is traced with a kprobe on
+``crash_handle_hotplug_event`` (entry = read, return = installed; it runs
+under the kexec lock, so a panic meanwhile cannot kexec: a window).
 """
 
 from __future__ import annotations
@@ -51,6 +63,124 @@ class KexecCall:
         return self.nr_segments == 0
 
 
+_EXEC = re.compile(r"^\s*.*?-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[\d+\]\s+(?:\S+\s+)?(?P<ts>\d+\.\d+):\s+sched_process_exec:")
+_KPROBE = re.compile(
+    r"^\s*.*?-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[\d+\]\s+(?:\S+\s+)?(?P<ts>\d+\.\d+):\s+kdc_chp_(?P<kind>enter|exit):"
+)
+
+
+def parse_execs(lines: Iterable[str]) -> dict[int, float]:
+    """pid -> time of its (last) exec of a kexec binary."""
+    out: dict[int, float] = {}
+    for line in lines:
+        m = _EXEC.match(line)
+        if m:
+            out[int(m.group("pid"))] = float(m.group("ts"))
+    return out
+
+
+def parse_kernel_updates(lines: Iterable[str]) -> list[tuple[float, float]]:
+    """(entry, return) of every traced in-kernel header update (kprobe kdc_chp_enter/exit), by pid."""
+    open_: dict[int, float] = {}
+    out: list[tuple[float, float]] = []
+    for line in lines:
+        m = _KPROBE.match(line)
+        if not m:
+            continue
+        pid, ts = int(m.group("pid")), float(m.group("ts"))
+        if m.group("kind") == "enter":
+            open_[pid] = ts
+        elif pid in open_:
+            out.append((open_.pop(pid), ts))
+    return sorted(out)
+
+
+def stale_time(
+    installs: Sequence[tuple[float, float]],
+    changes: Sequence[float],
+    wins: Sequence[tuple[float, float]],
+    *,
+    t_start: float,
+    t_end: float,
+) -> float:
+    """Seconds a loaded header lagged the system.  ``installs``: (state read, installed) per header."""
+    images = [(t_start, t_start)] + sorted(installs, key=lambda x: x[1])
+    ch = sorted(changes)
+    total = 0.0
+    import bisect
+
+    for i, (read, inst) in enumerate(images):
+        until = images[i + 1][1] if i + 1 < len(images) else t_end
+        k = bisect.bisect_right(ch, read)
+        if k >= len(ch):
+            continue
+        a, b = max(inst, ch[k]), until
+        if b <= a:
+            continue
+        span = b - a
+        for wa, wb in wins:
+            span -= max(0.0, min(b, wb) - max(a, wa))
+        total += max(0.0, span)
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class Extrapolation:
+    """What a strategy stopped at its cut-off would have done over the whole burst (issue 15)."""
+
+    from_reloads: int
+    blocks: int
+    reloads: int
+    exposure_s: float
+    total_s: float
+    settle_s: float
+    cpu_s: float | None
+    mean_window_s: float
+    mean_cycle_s: float
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "from_reloads": self.from_reloads, "blocks": self.blocks, "reloads": self.reloads,
+            "exposure_s": self.exposure_s, "total_s": self.total_s, "settle_s": self.settle_s,
+            "cpu_s": self.cpu_s, "mean_window_s": self.mean_window_s, "mean_cycle_s": self.mean_cycle_s,
+        }  # fmt: skip
+
+
+def extrapolate(
+    uevents: Sequence[Sequence[object]],
+    trace: Sequence[str],
+    *,
+    t_cut: float,
+    blocks: int,
+    handlers_done: int,
+    cpu_s: float | None,
+) -> Extrapolation | None:
+    """A per-block strategy (one full reload per online uevent) cut off at ``t_cut``, scaled to ``blocks``.
+
+    From the loads that completed before the cut: the mean window per reload
+    and the mean cycle (first memory uevent -> exit of the last load before
+    the cut, per load); the whole burst is ``blocks`` such cycles, and its
+    CPU the measured CPU per finished handler times ``blocks``.
+    """
+    calls = [c for c in parse_kexec_calls(trace) if c.exit <= t_cut]
+    loads = [c for c in calls if c.crash and not c.unload and c.ret == 0]
+    times = sorted(float(str(u[0])) for u in uevents)
+    if not loads or not times:
+        return None
+    wins, _ = windows(calls)
+    n = len(loads)
+    first, last = times[0], times[-1]
+    mean_window = sum(b - a for a, b in wins) / n
+    mean_cycle = (max(c.exit for c in loads) - first) / n
+    total = mean_cycle * blocks
+    per_handler = (cpu_s / handlers_done) if (cpu_s is not None and handlers_done) else None
+    return Extrapolation(
+        from_reloads=n, blocks=blocks, reloads=blocks, exposure_s=mean_window * blocks, total_s=total,
+        settle_s=max(0.0, first + total - last), cpu_s=None if per_handler is None else per_handler * blocks,
+        mean_window_s=mean_window, mean_cycle_s=mean_cycle,
+    )  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class StrategyFigures:
     """One strategy's figures; the first six are the JSON schema of ``bench --json``."""
@@ -69,6 +199,11 @@ class StrategyFigures:
     handlers: int = 0
     open_window_at_end: bool = False
     notes: tuple[str, ...] = field(default=())
+    total_s: float | None = None  # first memory uevent -> kdump correct again
+    kernel_updates: int = 0
+    installs: tuple[float, ...] = ()  # when each header was installed (plot)
+    first_event: float | None = None
+    stale: bool = False  # stale_s was computed (else None)
 
     def schema(self) -> dict[str, object]:
         return {
@@ -139,11 +274,14 @@ def figures(
     cpu_s: float | None,
     handlers: int = 0,
     t_end: float | None = None,
+    t_start: float | None = None,
 ) -> StrategyFigures:
     """The figures of one strategy's run.  ``uevents``: (monotonic time, action, block) per memory uevent."""
     calls = parse_kexec_calls(trace)
     loads_ok = [c for c in calls if c.crash and not c.unload and c.ret == 0]
     wins, open_start = windows(calls)
+    updates = parse_kernel_updates(trace)
+    wins = sorted(wins + updates)
     notes: list[str] = []
     if open_start is not None:
         end = t_end if t_end is not None else max([c.exit for c in calls] + [open_start])
@@ -158,13 +296,28 @@ def figures(
             settle = done - last_event
         else:
             notes.append("no crash load completed after the last hotplug uevent")
+    if updates and last_event is not None:
+        after = [b for _, b in updates if b >= last_event]
+        if not loads_ok and after:
+            settle = max(after) - last_event
     durations = [b - a for a, b in wins]
+    execs = parse_execs(trace)
+    installs = [(execs.get(c.pid, c.enter) if execs.get(c.pid, c.exit) <= c.enter else c.enter, c.exit) for c in loads_ok]
+    installs += updates
+    stale: float | None = None
+    end = t_end if t_end is not None else max([c.exit for c in calls] + times + [0.0])
+    if t_start is not None:
+        stale = stale_time(installs, times, wins, t_start=t_start, t_end=end)
+    done_all = [b for _, b in installs]
+    total: float | None = None
+    if times and done_all and max(done_all) >= max(times) and not (open_start is not None):
+        total = max(done_all) - min(times)
     return StrategyFigures(
         reloads=len(loads_ok),
         settle_s=settle,
         exposure_s=sum(durations),
         max_window_s=max(durations, default=0.0),
-        stale_s=None,
+        stale_s=stale,
         cpu_s=cpu_s,
         unloads=sum(1 for c in calls if c.crash and c.unload and c.ret == 0),
         failed_calls=sum(1 for c in calls if c.ret != 0),
@@ -174,4 +327,9 @@ def figures(
         handlers=handlers,
         open_window_at_end=open_start is not None,
         notes=tuple(notes),
+        total_s=total,
+        kernel_updates=len(updates),
+        installs=tuple(sorted(done_all)),
+        first_event=min(times) if times else None,
+        stale=stale is not None,
     )

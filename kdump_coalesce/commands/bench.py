@@ -49,6 +49,15 @@ examples:
   kdump-coalesce bench vm-resize --dimms 8 --strategy udev-throttle --strategy kdump-coalesce
       the real bench in the VM tier's guest: 8 x 1 GiB DIMMs, one fresh guest per strategy, each
       checked by a crash and capture
+  kdump-coalesce bench vm-resize --scale rfc --layout 1x480g --strategy kdump-coalesce --plot rfc.png
+      the RFC's 32 GiB -> 512 GiB (3840 blocks) for real: a 32 GiB guest, one 480 GiB DIMM
+      (--layout 240x2g: 240 x 2 GiB); progress every 10 s; Ctrl-C stops and prints what was measured
+  kdump-coalesce bench vm-resize --scale rfc --strategy udev-serial --cutoff 100
+      udev-serial stops after 100 of its 3840 full reloads; the table says what it extrapolated
+
+vm-resize scales: --dimms N (N x 1 GiB, default 8), --scale ci (512 blocks: one 64 GiB DIMM on a
+4 GiB guest; udev-serial and kdump-coalesce/kexec; the VM tier's test), --scale rfc (3840 blocks,
+layouts 1x480g and 240x2g, every strategy; kernel = CONFIG_CRASH_HOTPLUG in the 6.12 guest)
 """
 
 
@@ -70,7 +79,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--strategy",
         action="append",
         metavar="NAME",
-        help="run only this strategy (repeatable; default: all five)",
+        help="run only this strategy (repeatable; default: all of the scenario's)",
     )
     p.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE", help="override a model parameter")
     p.add_argument(
@@ -79,6 +88,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=8,
         metavar="N",
         help="vm-resize: hot-add N x 1 GiB DIMMs (8 blocks each; default 8 = 64 blocks, the issue's minimum)",
+    )
+    p.add_argument(
+        "--scale",
+        metavar="NAME",
+        help="vm-resize: ci (512 blocks, one 64 GiB DIMM) or rfc (32 GiB -> 512 GiB, 3840 blocks); overrides --dimms",
+    )
+    p.add_argument(
+        "--layout",
+        action="append",
+        metavar="NAME",
+        help="vm-resize --scale rfc: run only this DIMM layout (1x480g or 240x2g; repeatable; default: both)",
+    )
+    p.add_argument(
+        "--cutoff",
+        type=int,
+        metavar="RELOADS",
+        help="vm-resize: stop udev-serial after this many reloads and extrapolate (ci: 24, rfc: 100)",
     )
     p.add_argument(
         "--vm-timeout",
