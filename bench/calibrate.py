@@ -16,14 +16,31 @@ prints the fitted values: copy them into ModelParams' defaults, then
 figure, fitted or predicted, came.
 
 Usage:  .venv/bin/python bench/calibrate.py [--rounds N] [--iterations N]
+
+--vm RUN.json ... (issue 15): fit instead a second parameter set, ``vm-tcg``,
+to the REAL runs of ``kdump-coalesce bench vm-resize --scale rfc --json``
+(this machine's qemu TCG guest), where the defaults above are fitted to the
+RFC's 2020 KVM figures only.  From the runs' own records:
+
+  block_s          measured: kdump-coalesce's burst on 1x480g / 3840 blocks (nothing else runs)
+  dimm_latency_s   measured: (kdump-coalesce's burst on 240x2g - 3840 * block_s) / 240
+  syscall_fraction measured: udev-serial's mean kexec_load(2) / mean kexec process (exec -> exit)
+  cpus             measured: the guest's 2 vCPUs on the host's 2 cores
+  kexec_load_s     calibrated: model udev-serial total_s on resize-1x480g = the real (extrapolated) one
+  spawn_s          calibrated: model udev-throttle total_s on resize-1x480g = the real one
+  kdumpctl_reload_s, suse_load_s = kexec_load_s: the guest's stand-ins run `kexec -p` (and `-p -u`) only
+
+and print them as ``--set`` flags and as the VM_TCG table for bench/model/_params.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 from pathlib import Path
 
 # Run as a script, bench/ is on sys.path, not the checkout that holds the bench package.
@@ -50,11 +67,71 @@ def bisect(f: Callable[[float], float], target: float, lo: float, hi: float, ite
     return (lo + hi) / 2
 
 
+def _real(paths: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """layout/strategy -> {"m": metrics, "d": details} over every run file given."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        doc = json.loads(Path(path).read_text())
+        for key, m in doc["strategies"].items():
+            d = doc["details"][key]
+            if d.get("skipped") or d.get("interrupted"):
+                continue
+            out[f"{d['layout']}/{d['strategy']}"] = {"m": m, "d": d}
+    return out
+
+
+def fit_vm(paths: Sequence[str], iterations: int) -> ModelParams:
+    real = _real(paths)
+
+    def get(key: str, field: str, where: str = "d") -> float:
+        run = real.get(key)
+        if run is None:
+            raise SystemExit(f"calibrate --vm: no {key} run in {', '.join(paths)}")
+        v = run[where][field]
+        if v is None:
+            raise SystemExit(f"calibrate --vm: {key} has no {field}")
+        return float(v)
+
+    blocks = 3840
+    block_s = get("1x480g/kdump-coalesce/kexec", "burst_s") / blocks
+    p = dataclasses.replace(ModelParams(), block_s=block_s, cpus=2.0)
+    if "240x2g/kdump-coalesce/kexec" in real:
+        p = dataclasses.replace(p, dimm_latency_s=max(0.0, (get("240x2g/kdump-coalesce/kexec", "burst_s") - blocks * block_s) / 240))
+    serial = real.get("1x480g/udev-serial")
+    if serial is not None:
+        d = serial["d"]
+        sys_s, proc_s = d.get("load_syscall_s_mean"), d.get("loader_process_s_mean")
+        if sys_s and proc_s:
+            p = dataclasses.replace(p, syscall_fraction=float(sys_s) / float(proc_s))
+        x = d.get("extrapolated")
+        target = float(x["total_s"]) if x else get("1x480g/udev-serial", "total_s", "m")
+        p = dataclasses.replace(
+            p, kexec_load_s=bisect(lambda v: total("udev-serial", "resize-1x480g", dataclasses.replace(p, kexec_load_s=v)),
+                                   target, 0.01, 5.0, iterations),
+        )  # fmt: skip
+    p = dataclasses.replace(p, kdumpctl_reload_s=p.kexec_load_s + p.kexec_unload_s, suse_load_s=p.kexec_load_s)
+    if "1x480g/udev-throttle" in real:
+        target = get("1x480g/udev-throttle", "total_s", "m")
+        p = dataclasses.replace(
+            p, spawn_s=bisect(lambda v: total("udev-throttle", "resize-1x480g", dataclasses.replace(p, spawn_s=v)),
+                              target, 0.0, 0.5, iterations),
+        )  # fmt: skip
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=12)
+    parser.add_argument("--vm", nargs="+", metavar="RUN.json", help="fit the vm-tcg set to these real runs instead")
     args = parser.parse_args(argv)
+    if args.vm:
+        q = fit_vm(args.vm, args.iterations)
+        names = ("cpus", "block_s", "dimm_latency_s", "syscall_fraction", "kexec_load_s", "spawn_s", "kdumpctl_reload_s", "suse_load_s")
+        print(" ".join(f"--set {n}={getattr(q, n):.6g}" for n in names))
+        for n in names:
+            print(f"    {n!r}: {getattr(q, n):.6g},")
+        return 0
     p = ModelParams()
 
     def with_(**kw: float) -> ModelParams:

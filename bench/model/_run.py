@@ -55,6 +55,11 @@ BENCH_SCENARIOS: dict[str, BenchScenario] = {
             lambda p: f"resize:32G:512G:dimm=1G:add=yes:interval={_us(p.block_s)}:dimm_gap={_us(p.block_s + p.dimm_latency_s)}",
         ),
         BenchScenario(
+            "resize-240x2g",
+            "32 GiB -> 512 GiB as 240 x 2 GiB DIMMs: 3840 blocks (the real bench's many-DIMM layout: qemu stops at 256 slots)",
+            lambda p: f"resize:32G:512G:dimm=2G:add=yes:interval={_us(p.block_s)}:dimm_gap={_us(p.block_s + p.dimm_latency_s)}",
+        ),
+        BenchScenario(
             "shrink",
             "96 GiB -> 32 GiB: 512 blocks offlined and removed (urgent: the header lists gone memory)",
             lambda p: f"shrink:96G:32G:interval={_us(p.block_s)}",
