@@ -1,4 +1,13 @@
-"""``kdump-coalesce bench vm-resize``: every strategy run for real in the VM tier's qemu guest (issue 7, part 2).
+"""``kdump-coalesce bench vm-resize``: every strategy run for real in the VM tier's qemu guest (issues 7 and 15).
+
+Sizes (:mod:`._scale`): ``--dimms N`` (issue 7: N x 1 GiB), ``--scale ci``
+(512 blocks, the VM tier's test) and ``--scale rfc`` (the RFC's 32 GiB ->
+512 GiB, 3840 blocks, as one 480 GiB DIMM and as 240 x 2 GiB DIMMs; the
+``kernel`` strategy, CONFIG_CRASH_HOTPLUG, in the 6.12 guest).  A long run
+prints its progress every 10 s (strategy, blocks onlined, reloads so far,
+elapsed, from the guest's DIMM/progress.json) and Ctrl-C stops it cleanly:
+the guest is told to stop (DIR/.stop), what it recorded is read back, the
+table or JSON printed with ``interrupted``, exit 130, no qemu left.
 
 One fresh guest per strategy (so that they cannot disturb each other), kdump
 loaded with ``kexec -p`` at boot as a distro would, then DIMMS x 1 GiB DIMMs
@@ -72,7 +81,7 @@ MIN_DIMMS = 8  # issue 7: at least 8 GiB as 1 GiB DIMMs (64 blocks of 128 MiB)
 KERNEL_STRATEGY_KERNEL = "6.12"  # CONFIG_CRASH_HOTPLUG + trixie's kexec-tools --hotplug (testbed KERNELS)
 # The kernel's own header update: kernel/crash_core.c (6.6+, a72bbec70da2
 # "crash: hotplug support for kexec_load()") calls it per memory online/offline.
-KERNEL_UPDATE_SYMBOL = "crash_handle_hotplug_event"
+KERNEL_UPDATE_SYMBOL = "crash_handle_hotplug_event,crash_memhp_notifier"  # the first that probes
 PROGRESS_EVERY_S = 10.0
 
 # Seconds without a uevent, a handler exit or a kexec_load syscall after which

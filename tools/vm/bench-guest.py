@@ -104,14 +104,22 @@ def tracefs_setup(kprobe: str | None) -> str | None:
     tracefs_write("events/sched/sched_process_exec/enable", "1\n")
     kprobe_error = None
     if kprobe:
-        try:
-            with open(os.path.join(TRACEFS, "kprobe_events"), "a") as f:
-                f.write(f"p:kdc/kdc_chp_enter {kprobe}\n")
-            with open(os.path.join(TRACEFS, "kprobe_events"), "a") as f:
-                f.write(f"r:kdc/kdc_chp_exit {kprobe}\n")
-            tracefs_write("events/kdc/enable", "1\n")
-        except OSError as e:
-            kprobe_error = f"kprobe on {kprobe}: {e.strerror}"
+        errors = []
+        for sym in kprobe.split(","):  # the first symbol the kernel lets us probe
+            try:
+                with open(os.path.join(TRACEFS, "kprobe_events"), "a") as f:
+                    f.write(f"p:kdc/kdc_chp_enter {sym}\n")
+                with open(os.path.join(TRACEFS, "kprobe_events"), "a") as f:
+                    f.write(f"r:kdc/kdc_chp_exit {sym}\n")
+                tracefs_write("events/kdc/enable", "1\n")
+                kprobe_error = None if sym == kprobe.split(",")[0] else f"kprobe on {sym} ({'; '.join(errors)})"
+                break
+            except OSError as e:
+                errors.append(f"{sym}: {e.strerror}")
+                with open(os.path.join(TRACEFS, "kprobe_events"), "w") as f:
+                    f.write("")
+        else:
+            kprobe_error = "no kprobe: " + "; ".join(errors)
     tracefs_write("trace", "")
     tracefs_write("tracing_on", "1\n")
     return kprobe_error
