@@ -47,7 +47,8 @@ from elftools.elf.elffile import ELFFile
 from updater.fastpath import load_purgatory
 
 from .conftest import BootGuest
-from testbed.harness import CAPTURE_APPEND, GIB, GUEST_XFER, VENV, GuestDaemon, TraceLog, VmAssets, crash_kernel, merge_ranges, parse_trace
+from testbed.harness import GIB, GUEST_XFER, VENV, GuestDaemon, TraceLog, VmAssets, crash_kernel, merge_ranges, parse_trace
+from testbed.daemon import kexec_daemon_args
 from testbed.vmcore import VmcoreHeader
 
 pytestmark = pytest.mark.vm
@@ -57,20 +58,7 @@ TEXT_VADDR_MIN = 0xFFFFFFFF80000000
 
 def fast_args(assets: VmAssets, *, source: str = "uevent", backend: str = "kexec-fast", extra: tuple[str, ...] = ()) -> list[str]:
     """``kdump-coalesce run`` with the VM tier's capture kernel (host paths: the daemon runs in the chroot)."""
-    return [
-        "run",
-        "--source", source,
-        "--backend", backend,
-        "--kexec-binary", "/sbin/kexec",
-        "--kexec-kernel", str(assets.kernel),
-        "--kexec-initrd", str(assets.capture_initrd),
-        "--kexec-cmdline", CAPTURE_APPEND,
-        "--kexec-load-path", "kexec_load",
-        "--kexec-distro", "none",
-        "--status-file", f"{GUEST_XFER}/status.json",
-        "-v",
-        *extra,
-    ]
+    return kexec_daemon_args(assets, load_path="kexec_load", source=source, backend=backend, extra=extra)
 
 
 def _fast_reloads(trace: TraceLog) -> list[dict[str, Any]]:
