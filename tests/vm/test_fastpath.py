@@ -47,7 +47,7 @@ from elftools.elf.elffile import ELFFile
 from updater.fastpath import load_purgatory
 
 from .conftest import BootGuest
-from testbed.harness import GIB, GUEST_XFER, VENV, GuestDaemon, TraceLog, VmAssets, crash_kernel, merge_ranges, parse_trace
+from testbed.harness import CAPTURE_APPEND, GIB, GUEST_XFER, VENV, GuestDaemon, TraceLog, VmAssets, crash_kernel, merge_ranges, parse_trace
 from testbed.daemon import kexec_daemon_args
 from testbed.vmcore import VmcoreHeader
 
