@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ground import sysfs
+
 from .vmcore import VmcoreHeader, VmcoreParseError, parse_capture_console, vmcore_bytes_from_console
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1077,14 +1079,8 @@ def parse_trace(text: str) -> TraceLog:
 
 
 def parse_cpu_list(text: str) -> list[int]:
-    """'0-2,5' -> [0, 1, 2, 5]"""
-    cpus: list[int] = []
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
-    return cpus
+    """'0-2,5' -> [0, 1, 2, 5] (the one parser: :func:`ground.sysfs.parse_cpu_list`)."""
+    return list(sysfs.parse_cpu_list(text, "guest cpu list"))
 
 
 _IOMEM_LINE = re.compile(r"^(\s*)([0-9a-f]+)-([0-9a-f]+) : (.*)$")
