@@ -330,6 +330,7 @@ def run_strategy(
             measuring = True
             _log(f"[{layout.name}] {name}: hot-adding {layout.describe()} ({expect} blocks)")
             added = _hotplug(g, layout, reserve=scale.legacy)
+            dimm_blocks = [(a // block, b // block) for a, b in added]
             deadline = time.monotonic() + timeout + 60
             contended: set[int] = set()
             last_print = time.monotonic()
@@ -347,6 +348,7 @@ def run_strategy(
                 time.sleep(0.5)
             measuring = False
             raw: dict[str, Any] = json.loads((host_out / "result.json").read_text())
+            raw["dimm_blocks"] = dimm_blocks
             run = _run_from_raw(name, layout, raw, t0, contended, timeout, expect)
             rss = _peak_rss(qemu)
             _log(f"[{layout.name}] {name}: settled, {run.figures.reloads} reloads; crashing for the capture")
@@ -395,7 +397,7 @@ def _run_from_raw(
     cpu = raw["handler_cpu_s"] if raw.get("handler_cpu_s") is not None else raw.get("daemon_cpu_s")
     fig = figures(
         raw["uevents"], raw["trace"], cpu_s=cpu, handlers=int(raw["handlers"]), t_end=raw["t_end"],
-        t_start=raw.get("t_start"),
+        t_start=raw.get("t_start"), dimm_blocks=raw.get("dimm_blocks"),
     )  # fmt: skip
     ext: Extrapolation | None = None
     cut = raw.get("cutoff")

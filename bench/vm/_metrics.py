@@ -275,8 +275,17 @@ def figures(
     handlers: int = 0,
     t_end: float | None = None,
     t_start: float | None = None,
+    dimm_blocks: Sequence[tuple[int, int]] | None = None,
 ) -> StrategyFigures:
-    """The figures of one strategy's run.  ``uevents``: (monotonic time, action, block) per memory uevent."""
+    """The figures of one strategy's run.  ``uevents``: (monotonic time, action, block) per memory uevent.
+
+    ``dimm_blocks``: the [first, end) memory block numbers of each hot-added
+    DIMM.  /proc/iomem, which every header is built from, gains a DIMM's whole
+    range when it is added, before its blocks come online (kernel-facts 10):
+    the system state a header must match changes once per DIMM, at its first
+    block's uevent, not at every block's.  Without it every uevent counts as
+    a change (an over-estimate of stale time).
+    """
     calls = parse_kexec_calls(trace)
     loads_ok = [c for c in calls if c.crash and not c.unload and c.ret == 0]
     wins, open_start = windows(calls)
@@ -289,29 +298,37 @@ def figures(
         notes.append("no crash kernel loaded at the end of the run")
     times = [float(str(u[0])) for u in uevents]
     last_event = max(times) if times else None
-    settle: float | None = None
-    if last_event is not None and loads_ok:
-        done = max(c.exit for c in loads_ok)
-        if done >= last_event:
-            settle = done - last_event
-        else:
-            notes.append("no crash load completed after the last hotplug uevent")
-    if updates and last_event is not None:
-        after = [b for _, b in updates if b >= last_event]
-        if not loads_ok and after:
-            settle = max(after) - last_event
-    durations = [b - a for a, b in wins]
+    if dimm_blocks:
+        changes = []
+        for lo, hi in dimm_blocks:
+            mine = [float(str(u[0])) for u in uevents if lo <= int(str(u[2])) < hi]
+            if mine:
+                changes.append(min(mine))
+    else:
+        changes = list(times)
     execs = parse_execs(trace)
     installs = [(execs.get(c.pid, c.enter) if execs.get(c.pid, c.exit) <= c.enter else c.enter, c.exit) for c in loads_ok]
     installs += updates
+    # kdump correct again: the first header read after the last change is installed, and no window after it
+    settle: float | None = None
+    total: float | None = None
+    correct_at: float | None = None
+    if changes:
+        last_change = max(changes)
+        fresh = [inst for read, inst in installs if read >= last_change]
+        if fresh and open_start is None:
+            correct_at = max([min(fresh)] + [b for _, b in wins if b > min(fresh)])
+    if last_event is not None and correct_at is not None:
+        settle = max(0.0, correct_at - last_event)
+        total = max(correct_at, last_event) - min(times)
+    elif last_event is not None:
+        notes.append("no crash load completed after the last hotplug uevent read the final memory map")
+    durations = [b - a for a, b in wins]
     stale: float | None = None
     end = t_end if t_end is not None else max([c.exit for c in calls] + times + [0.0])
     if t_start is not None:
-        stale = stale_time(installs, times, wins, t_start=t_start, t_end=end)
+        stale = stale_time(installs, changes, wins, t_start=t_start, t_end=end)
     done_all = [b for _, b in installs]
-    total: float | None = None
-    if times and done_all and max(done_all) >= max(times) and not (open_start is not None):
-        total = max(done_all) - min(times)
     return StrategyFigures(
         reloads=len(loads_ok),
         settle_s=settle,

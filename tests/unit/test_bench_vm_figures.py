@@ -52,13 +52,18 @@ def test_stale_time_runs_from_the_first_change_after_the_read_to_the_next_instal
 
 
 def test_exec_of_the_loader_bounds_its_read_and_kprobe_updates_are_installs_and_windows() -> None:
-    # uevents at 1.0 and 1.2; kexec exec'd at 1.1 (after the first, before the second), load 1.9-2.0
+    # one DIMM of blocks 1-2: uevents at 1.0 and 1.2; /proc/iomem gained the DIMM at its first uevent (1.0);
+    # kexec exec'd at 1.1 read it, its load 1.9-2.0 made kdump correct
     trace = [_exec(7, 1.1), _enter(7, 1.9, 5), _exit(7, 2.0)]
-    f = figures([(1.0, "online", 1), (1.2, "online", 2)], trace, cpu_s=1.0, t_start=0.0, t_end=5.0)
-    assert f.reloads == 1 and f.total_s == pytest.approx(1.0)
-    # stale from 1.0 to the install at 2.0 (boot image), then from 2.0 on (1.2 came after the exec) to t_end,
-    # minus the load's own window 1.9-2.0
-    assert f.stale_s == pytest.approx((2.0 - 1.0) - 0.1 + (5.0 - 2.0))
+    uev = [(1.0, "add", 1), (1.2, "online", 2)]
+    f = figures(uev, trace, cpu_s=1.0, t_start=0.0, t_end=5.0, dimm_blocks=[(1, 3)])
+    assert f.reloads == 1 and f.total_s == pytest.approx(1.0) and f.settle_s == pytest.approx(0.8)
+    # stale from the change (1.0) to the install (2.0), less the load's own window 1.9-2.0
+    assert f.stale_s == pytest.approx(0.9)
+    # counted per uevent instead, the 1.2 uevent came after the read: never correct, stale to the end
+    g = figures(uev, trace, cpu_s=1.0, t_start=0.0, t_end=5.0)
+    assert g.total_s is None and g.stale_s == pytest.approx(0.9 + 3.0)
+    assert any("after the last hotplug uevent" in n for n in g.notes)
     k = [_kp(50, 1.001, "enter"), _kp(50, 1.002, "exit"), _kp(50, 1.201, "enter"), _kp(50, 1.203, "exit")]
     assert parse_kernel_updates(k) == [(1.001, 1.002), (1.201, 1.203)]
     fk = figures([(1.0, "online", 1), (1.2, "online", 2)], k, cpu_s=None, t_start=0.0, t_end=5.0)
