@@ -202,6 +202,24 @@ def remove_cpu(g: Guest, hot: HotCpu, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+# qemu 7.2 under TCG frees a removed vCPU's state while its thread may still use it: after a vCPU
+# device_del, qemu itself sometimes dies later (heap corruption, abort), e.g. while the capture kernel
+# boots (docs/vm-testbed.md, "Never device_del a vCPU here").  What qemu printed when that happened.
+QEMU_ABORTS = ("double free", "corrupted", "Aborted", "qemu_thread_join", "Segmentation fault")
+
+
+def qemu_died_of_itself(g: Guest) -> str | None:
+    """The line of qemu's own output that says qemu crashed (not the guest), or None."""
+    try:
+        out = (g.workdir / "qemu.out").read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in out.splitlines():
+        if any(word in line for word in QEMU_ABORTS):
+            return line.strip()
+    return None
+
+
 # --------------------------------------------------------------------------
 # virtio-mem
 
@@ -341,10 +359,15 @@ def install_slow_kexec(g: Guest, delay_s: float, path: str = SLOW_KEXEC) -> str:
 # the vmcore against the live state
 
 
-def expected_ram(iomem: str) -> list[tuple[int, int]]:
+LOW_1M = 1 << 20
+
+
+def expected_ram(iomem: str, *, cut_low_1m: bool = False) -> list[tuple[int, int]]:
     """What a correct header dumps: every System RAM line of /proc/iomem (any depth), merged,
-    with the crash kernel region cut out."""
-    return subtract_range(system_ram_any_depth(iomem), crash_kernel(iomem))
+    with the crash kernel region cut out, and the low 1 MiB too when the kernel builds the header
+    (kexec_file_load: ``prepare_elf_headers`` leaves it out; kexec-tools keeps it)."""
+    ram = subtract_range(system_ram_any_depth(iomem), crash_kernel(iomem))
+    return subtract_range(ram, (0, LOW_1M)) if cut_low_1m else ram
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,11 +397,11 @@ class VmcoreCheck:
 
 
 def check_vmcore(
-    vmcore: VmcoreHeader, iomem: str, *, absent: Sequence[tuple[int, int]] = (), cpus: int
+    vmcore: VmcoreHeader, iomem: str, *, absent: Sequence[tuple[int, int]] = (), cpus: int, cut_low_1m: bool = False
 ) -> VmcoreCheck:
     """Every RAM range of `iomem` (read just before the panic) must be in the vmcore, no byte of
     `absent` (memory that was removed or unplugged), and exactly `cpus` CPU notes."""
-    present = expected_ram(iomem)
+    present = expected_ram(iomem, cut_low_1m=cut_low_1m)
     problems = [f"{s:#x}-{e - 1:#x} (present) missing" for s, e in present if not vmcore.covers(s, e)]
     problems += [f"{s:#x}-{e - 1:#x} (gone) still listed" for s, e in absent if vmcore.overlaps(s, e)]
     if vmcore.cpu_notes != cpus:
