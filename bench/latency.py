@@ -20,7 +20,6 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from coalescer import BatchRecorder, Policy, run_pipeline  # noqa: E402
-from ground.records import Batch
+from ground.records import Batch, Record
 from probes import BpfSource, UeventSource, plan_program  # noqa: E402
 from ground.events import HotplugEvent, Kind, SourceItem
 from probes import _sysfs  # noqa: E402
@@ -48,7 +47,7 @@ class Arrivals:
     def on_batch(self, batch: Batch) -> None:
         return None
 
-    def on_record(self, kind: str, fields: Mapping[str, Any]) -> None:
+    def on_record(self, record: Record) -> None:
         return None
 
 

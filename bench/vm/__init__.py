@@ -286,86 +286,92 @@ def run_strategy(
     host_out: Path | None = None
     try:
         with Guest(assets, cfg, name=f"bench-{name.replace('/', '-')}") as g:
-            qemu = _qemu_of(g)
-            if name == "kernel":
-                g.kexec_load_crash(hotplug=True)
-            else:
-                g.kexec_load_crash()
-            block = int(g.read_text("/sys/devices/system/memory/block_size_bytes").strip(), 16)
-            expect = layout.total_gib * (GIB // block)
-            base_iomem = g.iomem()
-            extra: list[str] = []
-            if scale.max_workers:
-                extra += ["--max-workers", str(scale.max_workers)]
-            if name.startswith("kdump-coalesce/"):
-                # --source uevent, not auto: no BPF compile under TCG (see the module's doc)
-                args = kexec_daemon_args(assets, source="uevent", backend=name.split("/", 1)[1])
-                d = g.start_daemon(args, ready=lambda t: t.ready, ready_timeout=240)
-                extra += ["--daemon-pid", str(d.pid()), "--idle", str(IDLE_DAEMON_S)]
-            elif name == "kernel":
-                extra += ["--kprobe", KERNEL_UPDATE_SYMBOL, "--idle", str(IDLE_HANDLERS_S)]
-            else:
-                extra += ["--handler", str(REPO / "tools" / "vm" / f"bench-{name}"), "--idle", str(IDLE_HANDLERS_S)]
-                if name == "udev-serial" and scale.serial_cutoff:
-                    extra += ["--cutoff-reloads", str(scale.serial_cutoff)]
-            env = {
-                "BENCH_KEXEC": "/sbin/kexec",
-                "BENCH_KERNEL": str(assets.kernel),
-                "BENCH_INITRD": str(assets.capture_initrd),
-                "BENCH_APPEND": CAPTURE_APPEND,
-            }
-            out = f"{GUEST_XFER}/bench"
-            argv = ["/usr/bin/python3", str(REPO / "tools" / "vm" / "bench-guest.py"), "--out", out,
-                    "--expect", str(expect), "--timeout", str(timeout), *extra]  # fmt: skip
-            envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-            g.run_host(
-                f"cd /tmp && {envs} setsid {shlex.join(argv)} </dev/null >{GUEST_XFER}/bench.log 2>&1 &", timeout=30
-            )
-            host_out = g.xfer / "bench"
-            deadline = time.monotonic() + 60
-            while not (host_out / ".ready").exists():
-                if time.monotonic() > deadline:
-                    raise GuestTimeout(f"bench-guest.py not ready: {(g.xfer / 'bench.log').read_text(errors='replace')}")
-                time.sleep(0.1)
-            measuring = True
-            _log(f"[{layout.name}] {name}: hot-adding {layout.describe()} ({expect} blocks)")
-            added = _hotplug(g, layout, reserve=scale.legacy)
-            dimm_blocks = [(a // block, b // block) for a, b in added]
-            deadline = time.monotonic() + timeout + 60
-            contended: set[int] = set()
-            last_print = time.monotonic()
-            while not (host_out / "result.json").exists():
-                pids = qemu_pids()
-                if len(pids) > 1:  # ours is one of them
-                    contended.update(p for p in pids if p != qemu)
-                if time.monotonic() > deadline:
-                    raise GuestTimeout(f"{name}: no result after {timeout:.0f}s: {(g.xfer / 'bench.log').read_text(errors='replace')}")
-                if time.monotonic() - last_print >= PROGRESS_EVERY_S:
-                    last_print = time.monotonic()
-                    prog = _read_json(host_out / "progress.json")
-                    if prog:
-                        _log(_progress_line(name, layout, prog, t0))
-                time.sleep(0.5)
-            measuring = False
-            raw: dict[str, Any] = json.loads((host_out / "result.json").read_text())
-            raw["dimm_blocks"] = dimm_blocks
-            run = _run_from_raw(name, layout, raw, t0, contended, timeout, expect)
-            rss = _peak_rss(qemu)
-            _log(f"[{layout.name}] {name}: settled, {run.figures.reloads} reloads; crashing for the capture")
-            cap = g.crash_and_capture(timeout=300)
-            base = subtract_range(merge_ranges(system_ram(base_iomem)), crash_kernel(base_iomem))
-            want = merge_ranges([*base, *added])
-            covers = all(cap.vmcore.covers(a, b) for a, b in want)
-            captured = sum(b - a for a, b in cap.vmcore.ranges())
-            return replace(
-                run, capture_covers=covers, capture=cap.vmcore.describe(), wall_s=time.monotonic() - t0,
-                qemu_peak_rss=rss, captured_bytes=captured, expected_bytes=sum(b - a for a, b in want),
-            )  # fmt: skip
+            # Inside the with: the guest (and its xfer directory) must still be up
+            # when a Ctrl-C asks it for what it measured so far.
+            try:
+                qemu = _qemu_of(g)
+                if name == "kernel":
+                    g.kexec_load_crash(hotplug=True)
+                else:
+                    g.kexec_load_crash()
+                block = int(g.read_text("/sys/devices/system/memory/block_size_bytes").strip(), 16)
+                expect = layout.total_gib * (GIB // block)
+                base_iomem = g.iomem()
+                extra: list[str] = []
+                if scale.max_workers:
+                    extra += ["--max-workers", str(scale.max_workers)]
+                if name.startswith("kdump-coalesce/"):
+                    # --source uevent, not auto: no BPF compile under TCG (see the module's doc)
+                    args = kexec_daemon_args(assets, source="uevent", backend=name.split("/", 1)[1])
+                    d = g.start_daemon(args, ready=lambda t: t.ready, ready_timeout=240)
+                    extra += ["--daemon-pid", str(d.pid()), "--idle", str(IDLE_DAEMON_S)]
+                elif name == "kernel":
+                    extra += ["--kprobe", KERNEL_UPDATE_SYMBOL, "--idle", str(IDLE_HANDLERS_S)]
+                else:
+                    extra += ["--handler", str(REPO / "tools" / "vm" / f"bench-{name}"), "--idle", str(IDLE_HANDLERS_S)]
+                    if name == "udev-serial" and scale.serial_cutoff:
+                        extra += ["--cutoff-reloads", str(scale.serial_cutoff)]
+                env = {
+                    "BENCH_KEXEC": "/sbin/kexec",
+                    "BENCH_KERNEL": str(assets.kernel),
+                    "BENCH_INITRD": str(assets.capture_initrd),
+                    "BENCH_APPEND": CAPTURE_APPEND,
+                }
+                out = f"{GUEST_XFER}/bench"
+                argv = ["/usr/bin/python3", str(REPO / "tools" / "vm" / "bench-guest.py"), "--out", out,
+                        "--expect", str(expect), "--timeout", str(timeout), *extra]  # fmt: skip
+                envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+                g.run_host(
+                    f"cd /tmp && {envs} setsid {shlex.join(argv)} </dev/null >{GUEST_XFER}/bench.log 2>&1 &", timeout=30
+                )
+                host_out = g.xfer / "bench"
+                deadline = time.monotonic() + 60
+                while not (host_out / ".ready").exists():
+                    if time.monotonic() > deadline:
+                        raise GuestTimeout(f"bench-guest.py not ready: {(g.xfer / 'bench.log').read_text(errors='replace')}")
+                    time.sleep(0.1)
+                measuring = True
+                _log(f"[{layout.name}] {name}: hot-adding {layout.describe()} ({expect} blocks)")
+                added = _hotplug(g, layout, reserve=scale.legacy)
+                dimm_blocks = [(a // block, b // block) for a, b in added]
+                deadline = time.monotonic() + timeout + 60
+                contended: set[int] = set()
+                last_print = time.monotonic()
+                while not (host_out / "result.json").exists():
+                    pids = qemu_pids()
+                    if len(pids) > 1:  # ours is one of them
+                        contended.update(p for p in pids if p != qemu)
+                    if time.monotonic() > deadline:
+                        raise GuestTimeout(f"{name}: no result after {timeout:.0f}s: {(g.xfer / 'bench.log').read_text(errors='replace')}")
+                    if time.monotonic() - last_print >= PROGRESS_EVERY_S:
+                        last_print = time.monotonic()
+                        prog = _read_json(host_out / "progress.json")
+                        if prog:
+                            _log(_progress_line(name, layout, prog, t0))
+                    time.sleep(0.5)
+                measuring = False
+                raw: dict[str, Any] = json.loads((host_out / "result.json").read_text())
+                raw["dimm_blocks"] = dimm_blocks
+                run = _run_from_raw(name, layout, raw, t0, contended, timeout, expect)
+                rss = _peak_rss(qemu)
+                _log(f"[{layout.name}] {name}: settled, {run.figures.reloads} reloads; crashing for the capture")
+                cap = g.crash_and_capture(timeout=300)
+                base = subtract_range(merge_ranges(system_ram(base_iomem)), crash_kernel(base_iomem))
+                want = merge_ranges([*base, *added])
+                covers = all(cap.vmcore.covers(a, b) for a, b in want)
+                captured = sum(b - a for a, b in cap.vmcore.ranges())
+                return replace(
+                    run, capture_covers=covers, capture=cap.vmcore.describe(), wall_s=time.monotonic() - t0,
+                    qemu_peak_rss=rss, captured_bytes=captured, expected_bytes=sum(b - a for a, b in want),
+                )  # fmt: skip
+            except KeyboardInterrupt:
+                partial: StrategyRun | None = None
+                if measuring and host_out is not None:
+                    partial = _stop_guest_and_read(name, layout, host_out, t0, timeout, expect)
+                raise BenchInterrupted(partial) from None
     except KeyboardInterrupt:
-        partial: StrategyRun | None = None
-        if measuring and host_out is not None:
-            partial = _stop_guest_and_read(name, layout, host_out, t0, timeout, expect)
-        raise BenchInterrupted(partial) from None
+        # Before the measurement started (booting, loading): nothing to keep.
+        raise BenchInterrupted(None) from None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -174,21 +174,25 @@ def test_fastpath_capture_after_hotplug_matches_kexec_tools(boot_guest: BootGues
 CORRUPT = r'''
 import json, sys, time
 import trio
+from ground.kexec_log import KexecCallLog
+from ground.records import ReloadRecord, to_json
 from updater import KexecSettings, UpdaterSettings, diff_headers, open_updater, read_snapshot
 
 out, kernel, initrd, cmdline = sys.argv[1:5]
 
-class Recorder:
+class Recorder:  # a ground.observer.Observer that keeps the reload records as JSON
     def __init__(self): self.records = []
     def on_item(self, item): pass
     def on_batch(self, batch): pass
-    def on_record(self, kind, fields): self.records.append({"type": kind, **fields})
+    def on_record(self, record):
+        if isinstance(record, ReloadRecord):
+            self.records.append({"type": "reload", **to_json(record)})
 
 async def main():
     rec = Recorder()
     settings = UpdaterSettings(backend="kexec-fast", status_file=out + ".status", retry_delay=0.0)
     kexec = KexecSettings(binary="/sbin/kexec", kernel=kernel, initrd=initrd, cmdline=cmdline, load_path="kexec_load", distro="none")
-    up = await open_updater({"updater": settings, "kexec": kexec}, rec, None)
+    up = await open_updater({"updater": settings, "kexec": kexec}, rec, KexecCallLog())
     engine = up.backend.engine
     results = {}
     for seq, case in enumerate(("first-load", "attested-prefix"), start=1):
