@@ -37,6 +37,7 @@ Reads go through ``root`` so that a directory captured from a host (see
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -277,6 +278,30 @@ class SystemSnapshot:
 
 # -- reading -------------------------------------------------------------------
 
+# /sys/kernel/kexec_crash_size is read under the kexec lock, and since
+# 7bb5da0d490b ("kexec: turn all kexec_mutex acquisitions into trylocks",
+# v6.0) its show (crash_get_memory_size) returns -EBUSY instead of waiting
+# while a kexec_load/kexec_file_load holds the lock: someone's load is in
+# progress (a distro reload, an admin's kexec -p).  The snapshot waits that
+# long for it rather than failing the batch; a load takes well under a second
+# on real hardware and a few seconds under TCG.
+KEXEC_LOCK_WAIT_S = 30.0
+KEXEC_LOCK_POLL_S = 0.05
+KEXEC_CRASH_SIZE = "sys/kernel/kexec_crash_size"
+
+
+def kexec_lock_held(root: str = "/") -> bool:
+    """Whether a kexec load holds the kernel's kexec lock right now: reading
+    /sys/kernel/kexec_crash_size fails with EBUSY then (see above).  False
+    when the file is absent or reads (a kernel without the trylock blocks the
+    read instead: it never says busy)."""
+    try:
+        with open(os.path.join(root, KEXEC_CRASH_SIZE), encoding="ascii") as f:
+            f.read()
+    except OSError as exc:
+        return exc.errno == errno.EBUSY
+    return False
+
 
 class _Reader:
     def __init__(self, root: str) -> None:
@@ -305,6 +330,23 @@ class _Reader:
             raise SnapshotError(path, "not ASCII text") from None
         except OSError as exc:
             raise SnapshotError(path, f"cannot read: {exc.strerror}") from None
+
+    def text_under_kexec_lock(self, rel: str) -> str | None:
+        """:meth:`text` of a file whose read trylocks the kexec lock: EBUSY
+        (someone's load in progress) is waited out for KEXEC_LOCK_WAIT_S."""
+        deadline = time.monotonic() + KEXEC_LOCK_WAIT_S
+        while True:
+            try:
+                with open(self.path(rel), encoding="ascii", errors="strict") as f:
+                    return f.read()
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    return self.text(rel)
+                if time.monotonic() >= deadline:
+                    raise SnapshotError(
+                        self.path(rel), f"busy for {KEXEC_LOCK_WAIT_S:.0f} s: a kexec load holds the kexec lock"
+                    ) from None
+            time.sleep(KEXEC_LOCK_POLL_S)
 
     def kcore_loads(self, rel: str) -> tuple[KcoreLoad, ...] | None:
         """The PT_LOADs of an ELF core file (/proc/kcore): its ELF header, then
@@ -427,7 +469,7 @@ def read_snapshot(root: str = "/") -> SystemSnapshot:
 
     loaded_text = r.text("sys/kernel/kexec_crash_loaded", "this kernel cannot kexec (no CONFIG_KEXEC/CRASH_DUMP): nothing can be loaded")
     loaded = bool(parse_decimal(loaded_text, r.path("sys/kernel/kexec_crash_loaded"))) if loaded_text is not None else None
-    size_text = r.text("sys/kernel/kexec_crash_size")
+    size_text = r.text_under_kexec_lock(KEXEC_CRASH_SIZE)
     crash_size = parse_decimal(size_text, r.path("sys/kernel/kexec_crash_size")) if size_text is not None else None
 
     ces_text = r.text("sys/kernel/crash_elfcorehdr_size")

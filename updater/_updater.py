@@ -86,7 +86,7 @@ from ._distro import resolve_kexec_command
 from ._elfcorehdr import ElfCoreHeader, HeaderDiff, HeaderOptions, diff_headers
 from ._errors import BackendUnavailableError, ReloadError
 from ._loader import LoaderBackend, LoadOutcome, LoadRequest, SegmentStager
-from ._snapshot import SystemSnapshot, read_snapshot
+from ._snapshot import KEXEC_LOCK_WAIT_S, SystemSnapshot, kexec_lock_held, read_snapshot
 from ._status import read_status
 
 log = logging.getLogger("kdump_coalesce.updater")
@@ -95,8 +95,12 @@ STATUS_FORMAT = UpdaterStatus.FORMAT
 # How long to wait for the BPF source to deliver the loader's syscall exit
 # after the loader process is gone (ring buffer latency, not syscall time).
 KEXEC_LOG_GRACE_S = 1.0
-# crash_hotplug reads 0 while a load holds the kexec lock: re-read a few times
-# before concluding that the kernel no longer owns the header.
+# crash_hotplug reads 0 while a load holds the kexec lock
+# (crash_check_hotplug_support() trylocks it and answers 0 when it cannot):
+# re-read a few times, and for as long as a load is seen holding the lock
+# (_snapshot.kexec_lock_held, up to KEXEC_LOCK_WAIT_S), before concluding that
+# the kernel no longer owns the header.  Concluding it wrongly would hand the
+# header over again on top of someone else's load in progress.
 HOTPLUG_RECHECKS = 3
 HOTPLUG_RECHECK_DELAY_S = 0.1
 
@@ -467,13 +471,26 @@ class Updater:
         return None if value is None else bool(value)
 
     async def _kernel_still_owns(self) -> str:
-        for attempt in range(HOTPLUG_RECHECKS):
+        zeros = 0
+        busy_since: float | None = None
+        while True:
             for kind in ("memory", "cpu"):
                 if self._read_int(f"sys/devices/system/{kind}/crash_hotplug") == 1:
                     return f"/sys/devices/system/{kind}/crash_hotplug reads 1"
-            if attempt + 1 < HOTPLUG_RECHECKS:
-                await trio.sleep(HOTPLUG_RECHECK_DELAY_S)
-        return ""
+            if kexec_lock_held(self.settings.snapshot_root):
+                now = trio.current_time()
+                busy_since = now if busy_since is None else busy_since
+                if now - busy_since >= KEXEC_LOCK_WAIT_S:
+                    log.warning(
+                        "crash_hotplug reads 0 and a kexec load has held the kexec lock for %.0f s: taking it as 0",
+                        now - busy_since,
+                    )
+                    return ""
+            else:
+                zeros += 1
+                if zeros >= HOTPLUG_RECHECKS:
+                    return ""
+            await trio.sleep(HOTPLUG_RECHECK_DELAY_S)
 
     def _can_hand_over(self) -> bool:
         return self.repairer is not None and _gives_kernel_hotplug(self.repairer) and self.settings.kernel_hotplug == "auto"

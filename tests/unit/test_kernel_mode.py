@@ -302,3 +302,41 @@ def test_doctor_says_which_path_the_host_is_on(kernel: FakeKernel, tmp_path: Pat
     kernel.set_crash_hotplug(0)
     plan = auto_plan(root)
     assert plan["kernel_hotplug"] in ("hand-over", "unavailable") and plan["why"]
+
+
+async def test_a_load_in_progress_is_waited_out_not_handed_over_on(
+    kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone's `kexec -s -p` holds the kexec lock: crash_hotplug reads 0 until
+    it ends (crash_check_hotplug_support trylocks), then 1.  The daemon waits
+    for the lock instead of loading a hand-over on top of it."""
+    rec = RecordingObserver()
+    up = await open_updater(sections(kernel), rec, KexecCallLog())
+    await up.reconcile()
+    assert len(kernel.loads) == 1
+    kernel.set_crash_hotplug(0)
+    busy = iter([True] * 8)  # longer than HOTPLUG_RECHECKS zero reads
+
+    def lock_held(root: str) -> bool:
+        held = next(busy, False)
+        if not held:
+            kernel.set_crash_hotplug(1)  # the other load ended, with hotplug support
+        return held
+
+    monkeypatch.setattr("updater._updater.kexec_lock_held", lock_held)
+    await up.consume(batch(1, online=(DIMM_RANGE,)))
+    r = rec.reloads()[-1]
+    assert r["result"] == "skipped" and "kernel owns" in r["reason"], r
+    assert len(kernel.loads) == 1 and up.status().counts["hand_overs"] == 1
+
+
+async def test_a_lock_held_past_the_wait_counts_as_zero(kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = RecordingObserver()
+    up = await open_updater(sections(kernel), rec, KexecCallLog())
+    await up.reconcile()
+    kernel.set_crash_hotplug(0)
+    monkeypatch.setattr("updater._updater.kexec_lock_held", lambda root: True)
+    monkeypatch.setattr("updater._updater.KEXEC_LOCK_WAIT_S", 0.3)
+    await up.consume(batch(1, online=(DIMM_RANGE,)))
+    r = rec.reloads()[-1]
+    assert r["purpose"] == "hand-over" and "again" in r["reason"], r

@@ -7,6 +7,7 @@ import json
 import shutil
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -209,3 +210,50 @@ def test_unprivileged_iomem_is_refused(tmp_path: Path) -> None:
     (root / "proc/iomem").write_text("\n".join(zeroed) + "\n")
     with pytest.raises(NeedsRootError, match="iomem"):
         read_snapshot(str(root))
+
+
+# -- /sys/kernel/kexec_crash_size under someone else's load -----------------------
+
+
+def _busy_open(monkeypatch: pytest.MonkeyPatch, busy_reads: int) -> list[str]:
+    """kexec_crash_size fails with EBUSY ``busy_reads`` times (a load holds the kexec lock)."""
+    import builtins
+    import errno
+
+    import updater._snapshot as snapshot_module
+
+    real_open = builtins.open
+    seen: list[str] = []
+
+    def fake_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(path).endswith("sys/kernel/kexec_crash_size"):
+            seen.append(str(path))
+            if len(seen) <= busy_reads:
+                raise OSError(errno.EBUSY, "Device or resource busy")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(snapshot_module, "open", fake_open, raising=False)
+    monkeypatch.setattr(snapshot_module, "KEXEC_LOCK_POLL_S", 0.001)
+    return seen
+
+
+def test_kexec_crash_size_busy_is_waited_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.unit.test_fastpath_backend import write_root
+    from updater._snapshot import kexec_lock_held
+
+    root = str(write_root(tmp_path / "root"))
+    seen = _busy_open(monkeypatch, busy_reads=3)
+    assert kexec_lock_held(root)
+    snap = read_snapshot(root)
+    assert snap.kexec_crash_size == 0x10000000 and len(seen) == 4  # the probe and 2 reads busy, then it reads
+    assert not kexec_lock_held(root)
+
+
+def test_kexec_crash_size_busy_past_the_wait_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.unit.test_fastpath_backend import write_root
+
+    root = str(write_root(tmp_path / "root"))
+    _busy_open(monkeypatch, busy_reads=10**9)
+    monkeypatch.setattr("updater._snapshot.KEXEC_LOCK_WAIT_S", 0.05)
+    with pytest.raises(SnapshotError, match=r"kexec_crash_size: busy for 0 s: a kexec load holds the kexec lock"):
+        read_snapshot(root)
