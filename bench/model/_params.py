@@ -103,8 +103,9 @@ class ModelParams:
     )
     sysfs_lock_s: float = _p(
         20e-6,
-        "assumed: how long a read of /sys/devices/system/{cpu,memory}/crash_hotplug holds the kexec "
-        "lock (crash_check_hotplug_support takes kexec_trylock), ~20 us",
+        "assumed: how long a read of /sys/devices/system/{cpu,memory}/crash_hotplug holds "
+        "__crash_hotplug_lock and the kexec lock (crash_check_hotplug_support), ~20 us; an update "
+        "waits for it on __crash_hotplug_lock, it is not dropped",
     )
     # -- kdump-coalesce ----------------------------------------------------------
     coalesce_event_s: float = _p(

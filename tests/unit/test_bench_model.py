@@ -70,13 +70,34 @@ def test_kernel_updates_in_place_without_reloads() -> None:
     assert run.metrics.settle_s is not None and run.metrics.settle_s < 0.01
 
 
-def test_kernel_drops_an_update_when_the_kexec_lock_is_held() -> None:
-    # A udev rule reading crash_hotplug holds the kexec lock: with a long
-    # hold, the next in-kernel update's kexec_trylock() fails and is dropped.
+def test_kernel_update_waits_for_a_crash_hotplug_read_and_is_not_dropped() -> None:
+    # A udev rule reading crash_hotplug holds __crash_hotplug_lock, which the
+    # update takes before kexec_trylock(): even a long read only delays it.
     params = dataclasses.replace(PARAMS, sysfs_lock_s=0.05)
     run = run_strategy("kernel", SMALL, params)
-    assert run.dropped > 0
-    assert run.updates + run.dropped == 32
+    assert run.dropped == 0 and run.updates == 32
+    assert run.extras["updates_that_waited_for_a_crash_hotplug_read"] > 0
+
+
+async def test_kernel_update_is_dropped_while_a_kexec_load_holds_the_lock() -> None:
+    from bench.model._strategies import KernelUpdate
+
+    strategy = KernelUpdate()
+    strategy.hold_kexec_lock(trio.current_time() + 10.0)
+
+    class Machine:
+        def __init__(self) -> None:
+            self.dropped = 0
+
+        def image_gone(self) -> None:
+            raise AssertionError("an update ran under someone's kexec lock")
+
+    class Sim:
+        machine = Machine()
+
+    online = next(e for e in SMALL if strategy.matches(e))
+    await strategy.kernel_hook(Sim(), online)  # type: ignore[arg-type]
+    assert Sim.machine.dropped == 1
 
 
 def test_kdump_coalesce_reloads_once_for_the_fast_resize() -> None:
