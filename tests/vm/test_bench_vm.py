@@ -1,9 +1,9 @@
 """Issue 7, part 2: ``kdump-coalesce bench vm-resize`` runs every strategy for real in the guest.
 
 The command is run as a user runs it (the venv's ``kdump-coalesce``, a
-subprocess), with the issue's smallest size by default: 8 x 1 GiB DIMMs (64
-blocks of 128 MiB), one fresh guest per strategy, each ended by a crash and
-capture.  ``KDC_BENCH_VM_DIMMS`` changes the size (fewer makes it cheaper:
+subprocess), with 4 x 1 GiB DIMMs (32 blocks of 128 MiB; the command's
+default is the issue's 8), one fresh guest per strategy, each ended by a
+crash and capture.  ``KDC_BENCH_VM_DIMMS`` changes the size (fewer makes it cheaper:
 udev-serial pays one unload + ~1.1 s kexec -p per block under TCG).
 
 The table goes into the test log; timings are reported, not asserted
@@ -27,7 +27,9 @@ from bench.vm import render_table
 from bench.vm._metrics import figures, parse_kexec_calls
 from testbed.harness import REPO, VENV, VmAssets
 
-DIMMS = int(os.environ.get("KDC_BENCH_VM_DIMMS", "8"))
+# 4 DIMMs (32 blocks) in CI: udev-serial pays a full reload per block, and at
+# 8 DIMMs it alone took ~190 s of the suite; every assertion holds at any size.
+DIMMS = int(os.environ.get("KDC_BENCH_VM_DIMMS", "4"))
 BLOCKS_PER_GIB = 8  # 128 MiB memory blocks on x86_64 guests of this size
 
 
