@@ -15,9 +15,13 @@ What it attaches:
   optional loopback HTTP endpoint;
 - the stages' Python ``logging`` records routed through the daemon's log
   (syslog priority prefixes, ``--log-format json``) while it runs;
-- a check for the distro's reload-per-event udev rule (:mod:`._distro_rules`):
+- a watch on the distro's reload-per-event udev rule (:mod:`._distro_rules`):
   when one is still active, every burst is reloaded twice; the daemon says so
-  at start (warning priority) and in ``kdump_coalesce_distro_rule_active``.
+  (warning priority) and in ``kdump_coalesce_distro_rule_active``.  The
+  verdict waits for READY=1 plus a grace period: the Debian package's unit
+  masks the rule in ExecStartPost=, which systemd runs only after READY=1, so
+  a check at start would always find it active.  After that the rule is read
+  again every minute (a kdump-tools upgrade, an administrator's edit).
 
 None of these can stop the daemon: a metrics or notify failure is logged and
 the daemon goes on keeping kdump current.
@@ -32,8 +36,10 @@ from typing import Any
 from ground.records import Batch, DaemonStatus, Record
 from ground.events import SourceItem
 
-from ._distro_rules import active_distro_rules, distro_rules
-from ._log import ERR, WARNING, bridge_logging
+import trio
+
+from ._distro_rules import DistroRule, RuleState, distro_rules
+from ._log import ERR, INFO, WARNING, bridge_logging
 from ._metrics import MetricsServer, MetricsSettings, MetricsObserver, TextfileWriter, parse_listen
 from ._notify import Notifier, NotifyObserver, watchdog_task
 from ground.config import option
@@ -49,6 +55,102 @@ class ServiceSettings:
 
 
 SECTIONS: dict[str, type] = {"metrics": MetricsSettings, "service": ServiceSettings}
+
+
+# After READY=1, how long the unit's ExecStartPost= take-over may take to
+# mask the rule before the daemon calls it active (a Python start and a udev
+# reload: about a second on a host, several under TCG), and how often it is
+# read afterwards.
+DISTRO_RULE_GRACE_S = 30.0
+DISTRO_RULE_POLL_S = 1.0
+DISTRO_RULE_RECHECK_S = 60.0
+
+
+def _double_reload_warning(rule: DistroRule, state: RuleState) -> str:
+    return (
+        f"distro udev rule /{state.effective} ({rule.package}) is active: it reloads kdump on every event "
+        "as well, so every burst is reloaded twice; mask it with 'kdump-coalesce install-service'"
+    )
+
+
+class DistroRuleWatch:
+    """The distro rules' state in the metrics, and a warning while one is active.
+
+    The metric is set at once; the first verdict waits for the daemon's
+    ``ready`` record and up to ``grace_s`` more for the take-over to mask the
+    rule (or, when the daemon stops sooner, is given at ``stopping``).  Later
+    reads log only changes."""
+
+    def __init__(
+        self,
+        root: str,
+        metrics: MetricsObserver,
+        log: Callable[..., None],
+        *,
+        grace_s: float = DISTRO_RULE_GRACE_S,
+        poll_s: float = DISTRO_RULE_POLL_S,
+        recheck_s: float = DISTRO_RULE_RECHECK_S,
+    ) -> None:
+        self.root = root
+        self.metrics = metrics
+        self.log = log
+        self.grace_s = grace_s
+        self.poll_s = poll_s
+        self.recheck_s = recheck_s
+        self.ready = trio.Event()
+        self.judged = False
+        self.seen: set[str] = set()  # every rule name the metric has a label for
+        self.active_at_start = self.read()
+        self.active: dict[str, tuple[DistroRule, RuleState]] = dict(self.active_at_start)
+
+    def read(self) -> dict[str, tuple[DistroRule, RuleState]]:
+        """The active rules now; the metric follows (0 for a rule gone since)."""
+        present = distro_rules(self.root)
+        self.seen.update(rule.name for rule, _ in present)
+        on = {rule.name for rule, state in present if state.active}
+        self.metrics.set_distro_rules({name: name in on for name in sorted(self.seen)})
+        return {rule.name: (rule, state) for rule, state in present if state.active}
+
+    def judge(self) -> None:
+        """The first verdict: a warning per rule still active, a note per rule masked since start."""
+        if self.judged:
+            return
+        self.judged = True
+        self.active = self.read()
+        for name, (rule, state) in self.active.items():
+            self.log(WARNING, _double_reload_warning(rule, state), rule=name)
+        for name in sorted(set(self.active_at_start) - set(self.active)):
+            self.log(INFO, f"distro udev rule {name} was active at start and is masked now", rule=name)
+
+    async def run(self) -> None:
+        await self.ready.wait()
+        deadline = trio.current_time() + self.grace_s
+        while self.read() and trio.current_time() < deadline:
+            await trio.sleep(self.poll_s)
+        self.judge()
+        while True:
+            await trio.sleep(self.recheck_s)
+            now = self.read()
+            for name in sorted(set(now) - set(self.active)):
+                rule, state = now[name]
+                self.log(WARNING, _double_reload_warning(rule, state), rule=name)
+            for name in sorted(set(self.active) - set(now)):
+                self.log(INFO, f"distro udev rule {name} is no longer active", rule=name)
+            self.active = now
+
+    def on_item(self, item: SourceItem) -> None:
+        return None
+
+    def on_batch(self, batch: Batch) -> None:
+        return None
+
+    def on_record(self, record: Record) -> None:
+        if not isinstance(record, DaemonStatus):
+            return
+        if record.state == "ready":
+            self.ready.set()
+        elif record.state == "stopping":
+            self.judge()  # a daemon that ends within the grace still says whether the rule ran beside it
 
 
 class _OnStopping:
@@ -94,15 +196,9 @@ def attach(daemon: Daemon, sections: Mapping[str, object]) -> None:
     daemon.observer.add(metrics)
 
     if service.check_distro_rules:
-        present = distro_rules(service.rules_root)
-        metrics.set_distro_rules({rule.name: state.active for rule, state in present})
-        for rule, state in active_distro_rules(service.rules_root):
-            log.log(
-                WARNING,
-                f"distro udev rule /{state.effective} ({rule.package}) is active: it reloads kdump on every event "
-                "as well, so every burst is reloaded twice; mask it with 'kdump-coalesce install-service'",
-                rule=rule.name,
-            )
+        watch = DistroRuleWatch(service.rules_root, metrics, log.log)
+        daemon.observer.add(watch)
+        daemon.tasks.append(watch.run)
 
     writer = None
     if metrics_settings.textfile:
