@@ -53,6 +53,13 @@ DEFAULT_CACHE = Path("/var/cache/kdump-coalesce/vm")
 KERNELS = ("6.1", "6.12")
 DEFAULT_KERNEL = "6.1"
 QEMU = "qemu-system-x86_64"
+# bookworm-backports' qemu 10, unpacked by tools/vm-assets under <cache>/qemu-bpo/
+# (never installed): only for what the host's qemu 7.2 cannot do, i.e. unplug a
+# vCPU under TCG without corrupting its heap (docs/vm-testbed.md).  The link
+# points at the version directory; its `qemu-system-x86_64` is a wrapper that
+# passes the package's own firmware (-L) and module directory.
+QEMU_BACKPORTS = "backports"
+QEMU_BACKPORTS_WRAPPER = Path("qemu-bpo") / "current" / "qemu-system-x86_64"
 GIB = 1 << 30
 MIB = 1 << 20
 
@@ -367,6 +374,31 @@ class GuestConfig:
     # Boots that oops or panic before the command server is up are retried
     # this many times (a fresh qemu, the console of the failed one kept).
     boot_retries: int = 1
+    # The qemu binary: None is the host's (qemu 7.2, every test but one);
+    # QEMU_BACKPORTS is bookworm-backports' qemu 10 (backports_qemu()); anything
+    # else is a program name or path.
+    qemu: str | None = None
+
+
+def backports_qemu(cache: Path | None = None) -> Path:
+    """The wrapper of bookworm-backports' qemu 10 that tools/vm-assets unpacked.
+
+    Missing is a VmError, not VmUnavailable: ./bootstrap test fetches it with
+    the kernels, so a test that needs it fails (and does not skip) without it."""
+    cache = cache or Path(os.environ.get("KDUMP_COALESCE_VM_CACHE", str(DEFAULT_CACHE)))
+    wrapper = cache / QEMU_BACKPORTS_WRAPPER
+    if not os.access(wrapper, os.X_OK):
+        raise VmError(f"{wrapper} is missing: run tools/vm-assets as root (./bootstrap test does) to fetch qemu 10")
+    return wrapper
+
+
+def resolve_qemu(choice: str | None) -> str:
+    """The program GuestConfig.qemu names."""
+    if choice is None:
+        return QEMU
+    if choice == QEMU_BACKPORTS:
+        return str(backports_qemu())
+    return choice
 
 
 class Guest:
@@ -412,7 +444,7 @@ class Guest:
         c = self.config
         w = self.workdir
         argv = [
-            QEMU, "-accel", c.accel, "-M", c.machine, "-cpu", c.cpu,
+            resolve_qemu(c.qemu), "-accel", c.accel, "-M", c.machine, "-cpu", c.cpu,
             *(a for s in c.smbios for a in ("-smbios", s)),
             "-m", f"{c.mem_mib}M,slots={c.slots},maxmem={c.maxmem_gib}G",
             "-smp", f"{c.smp},maxcpus={c.maxcpus}",

@@ -204,7 +204,7 @@ def remove_cpu(g: Guest, hot: HotCpu, timeout: float = 60.0) -> None:
 
 # qemu 7.2 under TCG frees a removed vCPU's state while its thread may still use it: after a vCPU
 # device_del, qemu itself sometimes dies later (heap corruption, abort), e.g. while the capture kernel
-# boots (docs/vm-testbed.md, "Never device_del a vCPU here").  What qemu printed when that happened.
+# boots (docs/vm-testbed.md, "Never device_del a vCPU under qemu 7.2").  What qemu printed when that happened.
 QEMU_ABORTS = ("double free", "corrupted", "Aborted", "qemu_thread_join", "Segmentation fault")
 
 
