@@ -49,7 +49,7 @@ from .daemon import Daemon
 @dataclass(frozen=True, slots=True)
 class ServiceSettings:
     notify: bool = option(True, help="speak sd_notify to systemd when $NOTIFY_SOCKET is set (READY=1, STATUS=, WATCHDOG=1, STOPPING=1)")
-    check_distro_rules: bool = option(True, help="warn at start when a distro udev rule still reloads kdump on every event")
+    check_distro_rules: bool = option(True, help="warn, once the daemon is ready and then whenever it changes, when a distro udev rule still reloads kdump on every event")
     rules_root: str = option("/", help="look for udev rules under this directory (tests)")
     sysfs_root: str = option("/", help="read kexec_crash_loaded and crash_hotplug for the metrics under this directory (tests)")
 
