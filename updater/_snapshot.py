@@ -290,17 +290,27 @@ KEXEC_LOCK_POLL_S = 0.05
 KEXEC_CRASH_SIZE = "sys/kernel/kexec_crash_size"
 
 
+def _read_unless_kexec_busy(path: str) -> str | None:
+    """The file's text, or None while a kexec load holds the kexec lock (the
+    read fails with EBUSY, see above).  Other errors propagate."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read()
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            return None
+        raise
+
+
 def kexec_lock_held(root: str = "/") -> bool:
     """Whether a kexec load holds the kernel's kexec lock right now: reading
     /sys/kernel/kexec_crash_size fails with EBUSY then (see above).  False
     when the file is absent or reads (a kernel without the trylock blocks the
     read instead: it never says busy)."""
     try:
-        with open(os.path.join(root, KEXEC_CRASH_SIZE), encoding="ascii") as f:
-            f.read()
-    except OSError as exc:
-        return exc.errno == errno.EBUSY
-    return False
+        return _read_unless_kexec_busy(os.path.join(root, KEXEC_CRASH_SIZE)) is None
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 class _Reader:
@@ -337,15 +347,13 @@ class _Reader:
         deadline = time.monotonic() + KEXEC_LOCK_WAIT_S
         while True:
             try:
-                with open(self.path(rel), encoding="ascii", errors="strict") as f:
-                    return f.read()
-            except OSError as exc:
-                if exc.errno != errno.EBUSY:
-                    return self.text(rel)
-                if time.monotonic() >= deadline:
-                    raise SnapshotError(
-                        self.path(rel), f"busy for {KEXEC_LOCK_WAIT_S:.0f} s: a kexec load holds the kexec lock"
-                    ) from None
+                text = _read_unless_kexec_busy(self.path(rel))
+            except (OSError, UnicodeDecodeError):
+                return self.text(rel)  # its own answer to the error: missing, unreadable, not ASCII
+            if text is not None:
+                return text
+            if time.monotonic() >= deadline:
+                raise SnapshotError(self.path(rel), f"busy for {KEXEC_LOCK_WAIT_S:.0f} s: a kexec load holds the kexec lock")
             time.sleep(KEXEC_LOCK_POLL_S)
 
     def kcore_loads(self, rel: str) -> tuple[KcoreLoad, ...] | None:

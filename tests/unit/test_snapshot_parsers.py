@@ -257,3 +257,12 @@ def test_kexec_crash_size_busy_past_the_wait_names_the_file(tmp_path: Path, monk
     monkeypatch.setattr("updater._snapshot.KEXEC_LOCK_WAIT_S", 0.05)
     with pytest.raises(SnapshotError, match=r"kexec_crash_size: busy for 0 s: a kexec load holds the kexec lock"):
         read_snapshot(root)
+
+
+def test_kexec_crash_size_not_ascii_is_a_snapshot_error(tmp_path: Path) -> None:
+    from tests.unit.test_fastpath_backend import write_root
+
+    root = write_root(tmp_path / "root")
+    (root / "sys/kernel/kexec_crash_size").write_bytes(b"\xff\xfe\n")
+    with pytest.raises(SnapshotError, match=r"kexec_crash_size: not ASCII text"):
+        read_snapshot(str(root))
