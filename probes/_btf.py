@@ -15,7 +15,6 @@ than mis-reading everything after it).  The wire format is the one in
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -36,9 +35,19 @@ KIND_FWD, KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT = 7, 8, 9, 10, 
 KIND_FUNC, KIND_FUNC_PROTO, KIND_VAR, KIND_DATASEC, KIND_FLOAT = 12, 13, 14, 15, 16
 KIND_DECL_TAG, KIND_TYPE_TAG, KIND_ENUM64 = 17, 18, 19
 
+# Bytes of kind-specific data after each btf_type: fixed + per_member * vlen;
+# None for a kind this reader does not know (a future one: its size is unknown,
+# so nothing after it can be read).
 _FIXED_EXTRA = {KIND_INT: 4, KIND_ARRAY: 12, KIND_VAR: 4, KIND_DECL_TAG: 4}
 _PER_MEMBER = {KIND_STRUCT: 12, KIND_UNION: 12, KIND_ENUM: 8, KIND_FUNC_PROTO: 8, KIND_DATASEC: 12, KIND_ENUM64: 12}
 _NO_EXTRA = {KIND_PTR, KIND_FWD, KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_FUNC, KIND_FLOAT, KIND_TYPE_TAG}
+_EXTRA: tuple[tuple[int, int] | None, ...] = tuple(
+    (_FIXED_EXTRA.get(k, 0), _PER_MEMBER.get(k, 0)) if k in _FIXED_EXTRA or k in _PER_MEMBER or k in _NO_EXTRA else None
+    for k in range(32)
+)
+_EXTRA_WORDS = tuple(None if e is None else (e[0] // 4, e[1] // 4) for e in _EXTRA)
+# The kinds looked up by name (the rest are only counted, to keep type ids right).
+_NAMED_KINDS = frozenset({KIND_ENUM, KIND_ENUM64, KIND_FUNC})
 
 
 class BtfError(ValueError):
@@ -85,55 +94,83 @@ class Btf:
             raise BtfError(f"{self.origin}: unterminated string at {offset}")
         return self._strings[offset:end].decode("ascii", "replace")
 
-    def _scan(self) -> Iterator[BtfType]:
-        types = self._types
-        pos = 0
-        type_id = 1  # id 0 is the implicit "void"
-        while pos < len(types):
-            name_off, info, _size = _TYPE.unpack_from(types, pos)
-            kind = (info >> 24) & 0x1F
-            vlen = info & 0xFFFF
-            if kind in _FIXED_EXTRA:
-                extra = _FIXED_EXTRA[kind]
-            elif kind in _PER_MEMBER:
-                extra = _PER_MEMBER[kind] * vlen
-            elif kind in _NO_EXTRA:
-                extra = 0
-            else:
-                raise BtfError(f"{self.origin}: unknown BTF kind {kind} at type id {type_id}")
-            yield BtfType(type_id, kind, self._string(name_off) if name_off else "", vlen, pos)
-            pos += _TYPE.size + extra
-            type_id += 1
+    def _string_offsets(self, name: str) -> list[int]:
+        """Every offset in the string section whose string is ``name``: each place ``name`` is
+        followed by a NUL, the tail of a longer string too (a name offset may point into one)."""
+        needle = name.encode("ascii", "replace") + b"\0"
+        strings = self._strings
+        found: list[int] = []
+        pos = strings.find(needle)
+        while pos >= 0:
+            found.append(pos)
+            pos = strings.find(needle, pos + 1)
+        return found
 
     @cached_property
-    def _by_name(self) -> dict[tuple[int, str], BtfType]:
-        index: dict[tuple[int, str], BtfType] = {}
-        for t in self._scan():
-            if t.name and t.kind in (KIND_ENUM, KIND_ENUM64, KIND_FUNC):
-                index.setdefault((t.kind, t.name), t)
-        return index
+    def _index(self) -> tuple[dict[tuple[int, int], BtfType], dict[int, int]]:
+        """One pass over the type section: the first ENUM, ENUM64 or FUNC per (kind, name offset),
+        and every FUNC_PROTO's vlen by type id.
+
+        vmlinux has over 100,000 types and this runs at daemon start, under
+        qemu's TCG too (where Python is ~30x slower): names are compared as
+        string-section offsets, never decoded here, and nothing else is
+        kept."""
+        if len(self._types) % 4:
+            raise BtfError(f"{self.origin}: type section of {len(self._types)} bytes is not made of 32-bit words")
+        # Every BTF record is a whole number of 32-bit words: index words, not bytes.
+        # Native order is right: a blob of the other byte order already failed the magic check.
+        words = self._types.cast("I")
+        end = len(words)
+        extra_of = _EXTRA_WORDS
+        named: dict[tuple[int, int], BtfType] = {}
+        protos: dict[int, int] = {}
+        i = 0
+        type_id = 1  # id 0 is the implicit "void"
+        while i < end:
+            if i + 3 > end:
+                raise BtfError(f"{self.origin}: type id {type_id} runs past the end of the type section")
+            name_off = words[i]
+            info = words[i + 1]
+            kind = (info >> 24) & 0x1F
+            vlen = info & 0xFFFF
+            extra = extra_of[kind]
+            if extra is None:
+                raise BtfError(f"{self.origin}: unknown BTF kind {kind} at type id {type_id}")
+            if kind == KIND_FUNC_PROTO:
+                protos[type_id] = vlen
+            elif name_off and kind in _NAMED_KINDS:
+                key = (kind, name_off)
+                if key not in named:
+                    named[key] = BtfType(type_id, kind, "", vlen, 4 * i)
+            i += 3 + extra[0] + extra[1] * vlen
+            type_id += 1
+        return named, protos
+
+    def _named(self, kind: int, name: str) -> BtfType | None:
+        named = self._index[0]
+        hits = [named[(kind, off)] for off in self._string_offsets(name) if (kind, off) in named]
+        if not hits:
+            return None
+        first = min(hits, key=lambda t: t.type_id)
+        return BtfType(first.type_id, first.kind, name, first.vlen, first.offset)
 
     def func_id(self, name: str) -> int | None:
         """The type id of kernel function ``name`` (what fentry attaches by)."""
-        t = self._by_name.get((KIND_FUNC, name))
+        t = self._named(KIND_FUNC, name)
         return t.type_id if t is not None else None
 
     def func_param_count(self, name: str) -> int | None:
         """How many parameters kernel function ``name`` takes (its FUNC_PROTO's
         vlen): where fexit finds the return value depends on it."""
-        t = self._by_name.get((KIND_FUNC, name))
+        t = self._named(KIND_FUNC, name)
         if t is None:
             return None
         proto_id = _TYPE.unpack_from(self._types, t.offset)[2]
-        return self._proto_vlen.get(proto_id)
-
-    @cached_property
-    def _proto_vlen(self) -> dict[int, int]:
-        return {t.type_id: t.vlen for t in self._scan() if t.kind == KIND_FUNC_PROTO}
+        return self._index[1].get(proto_id)
 
     def enum_values(self, name: str) -> dict[str, int]:
         """The enumerators of ``enum name``; empty when the kernel has no such enum."""
-        t = self._by_name.get((KIND_ENUM, name)) or self._by_name.get((KIND_ENUM64, name))
+        t = self._named(KIND_ENUM, name) or self._named(KIND_ENUM64, name)
         if t is None:
             return {}
         values: dict[str, int] = {}

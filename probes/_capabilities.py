@@ -7,6 +7,7 @@ what to do.  ``required`` checks decide whether ``run`` can work here.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -19,6 +20,7 @@ from typing import Any, Literal
 
 from . import _sysfs
 from ._bpf import plan_functions
+from ._btf import Btf
 from ._bpf_program import KEXEC_SYSCALLS, MEMORY_FUNCS, PRESENCE_FUNCS, MemoryProbe
 from ._bpf_syscall import probe_bpf_syscall, probe_fentry, probe_kprobe, probe_raw_tracepoint
 from ._kmsg import KMSG_PATH, kmsg_readable
@@ -72,8 +74,18 @@ def check_bpf_syscall() -> Capability:
     )
 
 
-def check_btf(root: str = "/") -> Capability:
-    btf = _sysfs.load_vmlinux_btf(root)
+# Each check that reads BTF takes a loader; ``all_checks`` passes one that
+# reads and indexes it once for all of them (a pass over vmlinux BTF takes
+# seconds under qemu's TCG), a lone check reads it itself.
+BtfLoader = Callable[[], Btf | None]
+
+
+def _btf_loader(root: str, load_btf: BtfLoader | None) -> Btf | None:
+    return load_btf() if load_btf is not None else _sysfs.load_vmlinux_btf(root)
+
+
+def check_btf(root: str = "/", load_btf: BtfLoader | None = None) -> Capability:
+    btf = _btf_loader(root, load_btf)
     if btf is None:
         return Capability(
             "BTF", "missing", "/sys/kernel/btf/vmlinux missing or unreadable",
@@ -105,8 +117,8 @@ def check_bcc_headers() -> Capability:
     return Capability("BCC + kernel headers", "ok", f"bcc importable, {build} -> {target}{note}")
 
 
-def check_cpuhp_tracepoint(root: str = "/") -> Capability:
-    states = _sysfs.cpuhp_states(root, btf=_sysfs.load_vmlinux_btf(root))
+def check_cpuhp_tracepoint(root: str = "/", load_btf: BtfLoader | None = None) -> Capability:
+    states = _sysfs.cpuhp_states(root, btf=_btf_loader(root, load_btf))
     attach = probe_raw_tracepoint("cpuhp_exit")
     if not attach:
         return Capability(
@@ -148,8 +160,8 @@ def check_kprobes(root: str = "/") -> Capability:
     return Capability("kprobes", "missing", detail, "memory events come from fentry if it works, else from uevents")
 
 
-def check_fentry(root: str = "/") -> Capability:
-    btf = _sysfs.load_vmlinux_btf(root)
+def check_fentry(root: str = "/", load_btf: BtfLoader | None = None) -> Capability:
+    btf = _btf_loader(root, load_btf)
     results = [probe_fentry(f, btf.func_id(f) if btf is not None else None) for f in MEMORY_FUNCS]
     if all(results):
         return Capability("fentry", "ok", "; ".join(r.detail for r in results))
@@ -160,12 +172,12 @@ def check_fentry(root: str = "/") -> Capability:
     )
 
 
-def check_memory_add_remove(root: str = "/") -> Capability:
+def check_memory_add_remove(root: str = "/", load_btf: BtfLoader | None = None) -> Capability:
     """The probe on where the System RAM resource appears and disappears
     (``add_memory_resource``/``try_remove_memory``), chosen as the BPF source
     chooses it: fentry, else kprobe.  Not required: the add/remove uevents
     are opened in every configuration."""
-    probe, _params, reason = plan_functions(PRESENCE_FUNCS, _sysfs.load_vmlinux_btf(root))
+    probe, _params, reason = plan_functions(PRESENCE_FUNCS, _btf_loader(root, load_btf))
     funcs = " and ".join(PRESENCE_FUNCS)
     if probe is MemoryProbe.NONE:
         return Capability(
@@ -316,16 +328,17 @@ def check_udev_rules(dirs: tuple[str, ...] = UDEV_RULE_DIRS) -> Capability:
 
 
 def all_checks() -> list[Capability]:
+    btf = functools.cache(_sysfs.load_vmlinux_btf)
     return [
         check_root(),
         check_bpf_syscall(),
-        check_btf(),
+        check_btf(load_btf=btf),
         check_bcc_headers(),
-        check_cpuhp_tracepoint(),
+        check_cpuhp_tracepoint(load_btf=btf),
         check_kexec_tracepoints(),
         check_kprobes(),
-        check_fentry(),
-        check_memory_add_remove(),
+        check_fentry(load_btf=btf),
+        check_memory_add_remove(load_btf=btf),
         check_uevents(),
         check_block_size(),
         check_kdump_loaded(),

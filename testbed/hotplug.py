@@ -94,13 +94,27 @@ def offline_dimm_by_hand(g: Guest, dimm: Dimm) -> list[int]:
 
 
 def kernel_code_block(g: Guest) -> int:
-    """The block holding the kernel's text ("Kernel code" in /proc/iomem): its offline fails with EBUSY
-    (reserved pages are unmovable: ``start_isolate_page_range`` refuses before MEM_GOING_OFFLINE)."""
+    """A block holding the kernel's image ("Kernel code", "Kernel rodata", "Kernel data" or "Kernel
+    bss" in /proc/iomem) that lies in one zone: its offline fails with EBUSY (reserved pages are
+    unmovable: ``start_isolate_page_range`` refuses before MEM_GOING_OFFLINE).
+
+    Physical KASLR puts the image anywhere in boot RAM, also in the last block below 1 GiB, whose
+    tail is the BIOS's reserved area: ``valid_zones`` of such a block reads "none" and its offline
+    fails earlier, with EINVAL (``test_pages_in_a_zone``), which is not the refusal this wants."""
     size = block_size(g)
-    for _depth, start, _end, name in iomem_entries(g.iomem()):
-        if name == "Kernel code":
-            return start // size
-    raise VmError("no 'Kernel code' line in the guest's /proc/iomem")
+    blocks = dict.fromkeys(
+        b
+        for _depth, start, end, name in iomem_entries(g.iomem())
+        if name.startswith("Kernel ")
+        for b in range(start // size, (end - 1) // size + 1)
+    )
+    if not blocks:
+        raise VmError("no 'Kernel code' line in the guest's /proc/iomem")
+    zones = {b: g.read_text(f"{MEMORY_SYSFS}/memory{b}/valid_zones").strip() for b in blocks}
+    for b, zone in zones.items():
+        if zone and zone != "none":
+            return b
+    raise VmError(f"every block of the kernel image spans a hole or zones (valid_zones {zones})")
 
 
 def offline_refused(g: Guest, block: int) -> CommandResult:

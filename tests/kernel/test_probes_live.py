@@ -326,3 +326,41 @@ def test_trace_plain_output_replays_to_the_same_batches(cpu1: Path, tmp_path: Pa
     keys = ("events", "cpus_offline", "cpus_online", "online", "offline", "urgent", "rescan")
     assert [{k: b[k] for k in keys} for b in replayed] == [{k: b[k] for k in keys} for b in recorded]
     assert [(b["cpus_offline"], b["cpus_online"]) for b in recorded] == [([1], []), ([], [1])]
+
+
+def test_vmlinux_btf_index_matches_a_plain_decode() -> None:
+    """probes._btf's one-pass index (names compared as string offsets) against
+    a plain decoder written from include/uapi/linux/btf.h: every FUNC's id and
+    parameter count, for the probed functions and every 97th FUNC of this
+    kernel; and enum cpuhp_state against the kernel's own states file."""
+    import struct
+
+    data = Path("/sys/kernel/btf/vmlinux").read_bytes()
+    _magic, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<HBBIIIII", data)
+    types = data[hdr_len + type_off : hdr_len + type_off + type_len]
+    strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
+    per_member = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}
+    fixed = {1: 4, 3: 12, 14: 4, 17: 4}
+    funcs: dict[str, tuple[int, int]] = {}  # name -> (id, proto id), first wins
+    protos: dict[int, int] = {}
+    pos, type_id = 0, 1
+    while pos < len(types):
+        name_off, info, size_or_type = struct.unpack_from("<III", types, pos)
+        kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+        name = strings[name_off : strings.index(b"\0", name_off)].decode()
+        if kind == 12:
+            funcs.setdefault(name, (type_id, size_or_type))
+        elif kind == 13:
+            protos[type_id] = vlen
+        pos += 12 + fixed.get(kind, 0) + per_member.get(kind, 0) * vlen
+        type_id += 1
+    btf = _sysfs.load_vmlinux_btf()
+    assert btf is not None
+    names = [*MEMORY_FUNCS, *PRESENCE_FUNCS, *sorted(funcs)[::97]]
+    got = {n: (btf.func_id(n), btf.func_param_count(n)) for n in names}
+    want = {n: (funcs[n][0], protos.get(funcs[n][1])) for n in names}
+    assert got == want
+    states = _sysfs.cpuhp_states("/nonexistent", btf=btf)
+    by_file = _sysfs.cpuhp_states("/", btf=None)
+    assert states is not None and by_file is not None
+    assert (states.online, states.teardown) == (by_file.online, by_file.teardown)

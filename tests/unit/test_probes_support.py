@@ -81,6 +81,42 @@ def test_btf_enum_and_function() -> None:
     assert states is not None and (states.online, states.teardown) == (236, 144) and states.origin.startswith("BTF")
 
 
+def btf_blob(strings: bytes, types: bytes) -> bytes:
+    return struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings)) + types + strings
+
+
+def test_btf_names_match_whole_strings_and_the_first_type_wins() -> None:
+    """A name is the string at its offset, up to the NUL: "pages" is no function until a FUNC's
+    name points at it (here at the tail of "online_pages", which a string table may share), and
+    "online" (not NUL-terminated there) never is; of two FUNCs with one name the first wins."""
+    strings = b"\0online_pages\0"
+    on, pages = 1, strings.index(b"pages\0")
+    types = struct.pack("<III", 0, (13 << 24) | 2, 0) + struct.pack("<IIII", 0, 0, 0, 0)  # 1: proto, 2 params
+    types += struct.pack("<III", 0, (13 << 24) | 5, 0) + struct.pack("<II", 0, 0) * 5  # 2: proto, 5 params
+    types += struct.pack("<III", on, 12 << 24, 2)  # 3: online_pages -> proto 2
+    types += struct.pack("<III", on, 12 << 24, 1)  # 4: online_pages again -> proto 1
+    btf = Btf(btf_blob(strings, types))
+    assert (btf.func_id("online_pages"), btf.func_param_count("online_pages")) == (3, 5)
+    assert btf.func_id("pages") is None and btf.func_id("online") is None
+    types += struct.pack("<III", pages, 12 << 24, 1)  # 5: pages -> proto 1
+    btf = Btf(btf_blob(strings, types))
+    assert (btf.func_id("pages"), btf.func_param_count("pages")) == (5, 2)
+
+
+@pytest.mark.parametrize(
+    ("types", "message"),
+    [
+        (struct.pack("<III", 1, 31 << 24, 0), "unknown BTF kind 31 at type id 1"),
+        (struct.pack("<III", 1, 1 << 24, 4) + struct.pack("<I", 32) + struct.pack("<II", 1, 12 << 24), "type id 2 runs past"),
+        (struct.pack("<III", 1, 1 << 24, 4) + b"\0\0", "not made of 32-bit words"),
+    ],
+)
+def test_btf_bad_type_section_fails_the_first_lookup(types: bytes, message: str) -> None:
+    btf = Btf(btf_blob(b"\0x\0", types))
+    with pytest.raises(BtfError, match=message):
+        btf.func_id("x")
+
+
 @pytest.mark.parametrize(
     ("blob", "message"),
     [(b"\0" * 4, "too short"), (struct.pack("<HBBIIIII", 0x1234, 1, 0, 24, 0, 0, 0, 0), "bad magic")],
