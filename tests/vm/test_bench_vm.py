@@ -1,19 +1,20 @@
-"""Issue 7, part 2: ``kdump-coalesce bench vm-resize`` runs every strategy for real in the guest.
-
+"""Issue 7, part 2: ``kdump-coalesce bench vm-resize`` runs the strategies for real in the guest.
 The command is run as a user runs it (the venv's ``kdump-coalesce``, a
 subprocess), with 4 x 1 GiB DIMMs (32 blocks of 128 MiB; the command's
 default is the issue's 8), one fresh guest per strategy, each ended by a
-crash and capture.  ``KDC_BENCH_VM_DIMMS`` changes the size (fewer makes it cheaper:
-udev-serial pays one unload + ~1.1 s kexec -p per block under TCG).
-
+crash and capture.  ``KDC_BENCH_VM_DIMMS`` changes the size.
 The table goes into the test log; timings are reported, not asserted
-(DEVELOPERS.md).  What is asserted is behaviour: udev-serial reloads once per
-online uevent with an unload before each; the throttler and load-once merge;
-kdump-coalesce reloads at most twice for the burst and never unloads; every
-capture covers every hot-added DIMM; kdump-coalesce's exposure (its kexec_load
-syscalls alone) is below udev-serial's (an unload -> load gap per block).
-"""
+(DEVELOPERS.md).  What is asserted is behaviour: the throttler and load-once
+merge; kdump-coalesce/kexec-fast reloads at most twice for the burst and
+never unloads; every capture covers every hot-added DIMM; kdump-coalesce's
+exposure (its kexec_load syscalls alone) is below the throttler's.
 
+udev-serial and kdump-coalesce/kexec run in tests/vm/test_bench_rfc.py, at
+512 blocks, with the same per-block and per-burst assertions (udev-serial's
+exact unload+load per block up to its cut-off); running them here as well
+cost ~130 s of the suite and proved nothing more.  ``KDC_BENCH_VM_ALL=1``
+runs all five strategies here, with udev-serial's assertions.
+"""
 from __future__ import annotations
 
 import json
@@ -27,9 +28,10 @@ from bench.vm import render_table
 from bench.vm._metrics import figures, parse_kexec_calls
 from testbed.harness import REPO, VENV, VmAssets
 
-# 4 DIMMs (32 blocks) in CI: udev-serial pays a full reload per block, and at
-# 8 DIMMs it alone took ~190 s of the suite; every assertion holds at any size.
+# 4 DIMMs (32 blocks) in CI; every assertion holds at any size.
 DIMMS = int(os.environ.get("KDC_BENCH_VM_DIMMS", "4"))
+ALL = ("udev-serial", "udev-throttle", "load-once", "kdump-coalesce/kexec", "kdump-coalesce/kexec-fast")
+STRATEGIES = ALL if os.environ.get("KDC_BENCH_VM_ALL") else ("udev-throttle", "load-once", "kdump-coalesce/kexec-fast")
 BLOCKS_PER_GIB = 8  # 128 MiB memory blocks on x86_64 guests of this size
 
 
@@ -37,7 +39,10 @@ BLOCKS_PER_GIB = 8  # 128 MiB memory blocks on x86_64 guests of this size
 def test_bench_vm_resize(vm_assets: VmAssets) -> None:
     t0 = time.monotonic()
     proc = subprocess.run(
-        [str(VENV / "bin" / "kdump-coalesce"), "bench", "vm-resize", "--json", "--dimms", str(DIMMS)],
+        [
+            str(VENV / "bin" / "kdump-coalesce"), "bench", "vm-resize", "--json", "--dimms", str(DIMMS),
+            *(a for name in STRATEGIES for a in ("--strategy", name)),
+        ],  # fmt: skip
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -55,7 +60,7 @@ def test_bench_vm_resize(vm_assets: VmAssets) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert doc["source"] == "vm" and doc["scenario"] == "vm-resize"
     s, d = doc["strategies"], doc["details"]
-    assert set(s) == {"udev-serial", "udev-throttle", "load-once", "kdump-coalesce/kexec", "kdump-coalesce/kexec-fast"}
+    assert set(s) == set(STRATEGIES)
     blocks = DIMMS * BLOCKS_PER_GIB
     for name, det in d.items():
         assert det["capture_covers_all_dimms"], (name, det["capture"])
@@ -66,21 +71,22 @@ def test_bench_vm_resize(vm_assets: VmAssets) -> None:
         assert det["failed_kexec_calls"] == 0, (name, det)
         assert s[name]["settle_s"] is not None, (name, det["notes"])
         assert s[name]["cpu_s"] is not None and s[name]["cpu_s"] > 0, (name, s[name])
-    # Debian: one handler, one unload and one full reload per online uevent, serialised.
-    assert d["udev-serial"]["handlers"] == blocks
-    assert s["udev-serial"]["reloads"] == blocks
-    assert d["udev-serial"]["unloads"] == blocks
-    assert d["udev-serial"]["windows"] == blocks
+    if "udev-serial" in s:  # Debian: one handler, one unload and one full reload per online uevent, serialised.
+        assert d["udev-serial"]["handlers"] == blocks
+        assert s["udev-serial"]["reloads"] == blocks
+        assert d["udev-serial"]["unloads"] == blocks
+        assert d["udev-serial"]["windows"] == blocks
     # RHEL's throttler and SUSE's load-once merge, but never down to a single handler.
     assert 1 <= s["udev-throttle"]["reloads"] < blocks
     assert d["udev-throttle"]["unloads"] == s["udev-throttle"]["reloads"]
     assert 1 <= s["load-once"]["reloads"] < blocks
     assert d["load-once"]["unloads"] == 0
-    for name in ("kdump-coalesce/kexec", "kdump-coalesce/kexec-fast"):
+    for name in (n for n in STRATEGIES if n.startswith("kdump-coalesce/")):
         assert 1 <= s[name]["reloads"] <= 2, (name, s[name])
         assert d[name]["unloads"] == 0, (name, d[name])
-        assert s[name]["exposure_s"] < s["udev-serial"]["exposure_s"], (name, s[name], s["udev-serial"])
         assert s[name]["exposure_s"] < s["udev-throttle"]["exposure_s"], (name, s[name], s["udev-throttle"])
+        if "udev-serial" in s:
+            assert s[name]["exposure_s"] < s["udev-serial"]["exposure_s"], (name, s[name], s["udev-serial"])
 
 
 # -- the metrics on synthetic tracefs lines (no VM: these run in the unit tier, like test_harness_parsers)

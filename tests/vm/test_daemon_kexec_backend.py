@@ -3,6 +3,13 @@
 These run today with a finite synthetic event source: what a batch loads is
 computed from the live state, so the proof is the vmcore, not the events.
 The live-source scenarios of issue 5 (2-7) are in test_scenarios_live.py.
+
+Only the kexec_file_load path runs here: the same repair through kexec_load
+is row 6 of the hotplug matrix (start-up reconciliation before READY, with
+a panic), and every other daemon test of the tier loads that way too.  This
+test also checks what the guest's chroot gives the project (its kernel's
+headers for BCC, the venv from the 9p root), which every daemon test relies
+on: a broken harness fails here with that said.
 """
 
 from __future__ import annotations
@@ -18,10 +25,15 @@ from testbed.harness import GIB, GUEST_XFER, VENV, KexecMode, parse_trace
 pytestmark = pytest.mark.vm
 
 
-@pytest.mark.parametrize("load_path", ["kexec_load", "kexec_file_load"])
+@pytest.mark.parametrize("load_path", ["kexec_file_load"])
 def test_daemon_repairs_stale_header(boot_guest: BootGuest, load_path: KexecMode) -> None:
     """kdump loaded at boot, a DIMM hot-added behind its back: the daemon's run reloads; the vmcore has the DIMM."""
     g = boot_guest()
+    assert g.run_host("uname -r").text.strip() == g.assets.kernel_release
+    # The chroot has what BCC needs: the guest kernel's own headers; the venv is the checkout's.
+    assert g.run_host("readlink /lib/modules/$(uname -r)/build").text.strip() == str(g.assets.headers)
+    imp = g.run_host(f"{VENV}/bin/python -c 'import trio, kdump_coalesce.cli; print(kdump_coalesce.__file__)'")
+    assert imp.text.strip().startswith(str(VENV.parent)), imp.text
     g.kexec_load_crash(load_path)
     dimm = g.hotplug_dimm(GIB)
     t0 = time.monotonic()

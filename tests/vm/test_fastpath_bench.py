@@ -26,7 +26,9 @@ def test_fastpath_bench_in_guest(boot_guest: BootGuest) -> None:
     g = boot_guest()
     g.hotplug_dimm(GIB)
     g.hotplug_cpu(online=True)
-    reps = int(os.environ.get("KDC_FASTPATH_BENCH_REPS", "9"))
+    # 3 in CI: the behaviour asserted holds at any count, and each kexec -p costs ~2 s of TCG;
+    # the figures in bench/README.md come from a run with KDC_FASTPATH_BENCH_REPS=9 or more.
+    reps = int(os.environ.get("KDC_FASTPATH_BENCH_REPS", "3"))
     res = g.run_host(
         f"cd /tmp && {VENV}/bin/python {REPO}/bench/fastpath_bench.py --live --kernel {g.assets.kernel} "
         f"--initrd {g.assets.capture_initrd} --cmdline '{CAPTURE_APPEND}' --reps {reps} --fast-reps {2 * reps} "

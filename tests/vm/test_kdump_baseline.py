@@ -15,14 +15,23 @@ from testbed.harness import GIB, KexecMode, crash_kernel, merge_ranges, subtract
 pytestmark = pytest.mark.vm
 
 
+# On 6.12 too: plain `kexec -p` (kexec_load without KEXEC_UPDATE_ELFCOREHDR) is
+# an image the kernel does not update (crash_hotplug reads 0), so the header
+# goes stale there as well: what Debian's kdump-tools loads on a 6.12 host.
 @pytest.mark.kernels("6.1", "6.12")
-def test_baseline_vmcore_lists_boot_ram_and_cpus(boot_guest: BootGuest) -> None:
+def test_baseline_and_stale_header_misses_hot_added_dimm(boot_guest: BootGuest) -> None:
+    """The baseline (boot RAM, one CPU note per online CPU, no crash region) and the negative
+    control in one capture: hot-add 1 GiB after `kexec -p`, no reload: the vmcore lacks it."""
     g = boot_guest()
     iomem = g.iomem()
     ram = subtract_range(merge_ranges(system_ram(iomem)), crash_kernel(iomem))
     assert ram, iomem
     cpus = g.online_cpus()
     g.kexec_load_crash("kexec_load")
+    dimm = g.hotplug_dimm(GIB)
+    assert (dimm.addr, dimm.size) == (4 * GIB, GIB)
+    # The guest really has it: System RAM, online blocks.
+    assert any(s <= dimm.addr and dimm.end <= e for s, e in merge_ranges(system_ram(g.iomem())))
     cap = g.crash_and_capture()
     vmcore = cap.vmcore
     print(f"boot {g.boot_seconds:.1f}s, crash+capture {cap.seconds:.1f}s: {vmcore.describe()}")
@@ -33,21 +42,7 @@ def test_baseline_vmcore_lists_boot_ram_and_cpus(boot_guest: BootGuest) -> None:
     assert ck is not None and not vmcore.overlaps(*ck), f"the crash kernel region is in the vmcore: {vmcore.describe()}"
     assert vmcore.cpu_notes == len(cpus) == 2, vmcore.describe()
     assert vmcore.has_vmcoreinfo
-    assert not vmcore.overlaps(4 * GIB, 5 * GIB)
-
-
-def test_stale_header_misses_hot_added_dimm(boot_guest: BootGuest) -> None:
-    """Negative control: hot-add 1 GiB after `kexec -p`, no reload: the vmcore lacks it."""
-    g = boot_guest()
-    g.kexec_load_crash("kexec_load")
-    dimm = g.hotplug_dimm(GIB)
-    assert (dimm.addr, dimm.size) == (4 * GIB, GIB)
-    # The guest really has it: System RAM, online blocks.
-    assert any(s <= dimm.addr and dimm.end <= e for s, e in merge_ranges(system_ram(g.iomem())))
-    cap = g.crash_and_capture()
-    print(f"stale: {cap.vmcore.describe()}")
-    assert not cap.vmcore.overlaps(dimm.addr, dimm.end), f"a stale header listed the DIMM: {cap.vmcore.describe()}"
-    assert cap.vmcore.covers(0x100000, 0x1000000)  # but the capture itself worked
+    assert not vmcore.overlaps(dimm.addr, dimm.end), f"a stale header listed the DIMM: {vmcore.describe()}"
 
 
 @pytest.mark.parametrize("mode", ["kexec_load", "kexec_file_load"])
