@@ -93,28 +93,32 @@ def offline_dimm_by_hand(g: Guest, dimm: Dimm) -> list[int]:
     return blocks
 
 
-def kernel_code_block(g: Guest) -> int:
-    """A block holding the kernel's image ("Kernel code", "Kernel rodata", "Kernel data" or "Kernel
-    bss" in /proc/iomem) that lies in one zone: its offline fails with EBUSY (reserved pages are
-    unmovable: ``start_isolate_page_range`` refuses before MEM_GOING_OFFLINE).
+def unmovable_block(g: Guest) -> int:
+    """A boot block whose offline fails with EBUSY: one that holds reserved pages (the kernel's
+    image, "Kernel code/rodata/data/bss" in /proc/iomem, else the "Crash kernel" reservation) and
+    lies in one zone.  Reserved pages are unmovable: ``start_isolate_page_range`` refuses before
+    MEM_GOING_OFFLINE.
 
-    Physical KASLR puts the image anywhere in boot RAM, also in the last block below 1 GiB, whose
-    tail is the BIOS's reserved area: ``valid_zones`` of such a block reads "none" and its offline
-    fails earlier, with EINVAL (``test_pages_in_a_zone``), which is not the refusal this wants."""
+    A block that spans a hole (block 0 with the BIOS area, where a PVH-booted kernel sits at
+    16 MiB; the last block below 1 GiB, where physical KASLR can put a bzImage's kernel) reads
+    "none" in ``valid_zones`` and its offline fails earlier, with EINVAL
+    (``test_pages_in_a_zone``), which is not the refusal this wants."""
     size = block_size(g)
+    entries = list(iomem_entries(g.iomem()))
     blocks = dict.fromkeys(
         b
-        for _depth, start, end, name in iomem_entries(g.iomem())
-        if name.startswith("Kernel ")
+        for prefix in ("Kernel ", "Crash kernel")
+        for _depth, start, end, name in entries
+        if name.startswith(prefix)
         for b in range(start // size, (end - 1) // size + 1)
     )
     if not blocks:
-        raise VmError("no 'Kernel code' line in the guest's /proc/iomem")
+        raise VmError("no 'Kernel code' or 'Crash kernel' line in the guest's /proc/iomem")
     zones = {b: g.read_text(f"{MEMORY_SYSFS}/memory{b}/valid_zones").strip() for b in blocks}
     for b, zone in zones.items():
         if zone and zone != "none":
             return b
-    raise VmError(f"every block of the kernel image spans a hole or zones (valid_zones {zones})")
+    raise VmError(f"every block of the kernel image and the crash reservation spans a hole or zones (valid_zones {zones})")
 
 
 def offline_refused(g: Guest, block: int) -> CommandResult:
