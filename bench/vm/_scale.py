@@ -80,7 +80,7 @@ CI = Scale(
     strategies=("udev-serial", "kdump-coalesce/kexec"),
     append=(MEMMAP_ON_MEMORY,),
     max_workers=UDEVD_CHILDREN_MAX,
-    serial_cutoff=24,
+    serial_cutoff=12,  # each cycle is a full unload + ~2.5 s reload under TCG; 12 show the per-block pattern
     timeout=600.0,
 )
 RFC = Scale(

@@ -2,7 +2,7 @@
 
 ``kdump-coalesce bench vm-resize --scale ci`` (bench/vm/_scale.py): 512
 blocks of 128 MiB as one 64 GiB DIMM on a 4 GiB guest, kdump-coalesce/kexec
-and udev-serial (Debian's per-block reload) cut off after 24 reloads, each
+and udev-serial (Debian's per-block reload) cut off after 12 reloads, each
 strategy in a fresh guest ended by a panic whose capture must cover all of
 the guest's memory.  The full scale (3840 blocks, ``--scale rfc``) is run by
 hand (bench/README.md): an hour of TCG is not a CI test.
@@ -33,7 +33,7 @@ from bench.vm import render_table
 from testbed.harness import REPO, VENV, VmAssets
 
 BLOCKS = 512
-CUTOFF = 24
+CUTOFF = 12
 
 
 def _bench(*args: str) -> subprocess.Popen[str]:
