@@ -35,17 +35,17 @@ KIND_FWD, KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT = 7, 8, 9, 10, 
 KIND_FUNC, KIND_FUNC_PROTO, KIND_VAR, KIND_DATASEC, KIND_FLOAT = 12, 13, 14, 15, 16
 KIND_DECL_TAG, KIND_TYPE_TAG, KIND_ENUM64 = 17, 18, 19
 
-# Bytes of kind-specific data after each btf_type: fixed + per_member * vlen;
-# None for a kind this reader does not know (a future one: its size is unknown,
-# so nothing after it can be read).
 _FIXED_EXTRA = {KIND_INT: 4, KIND_ARRAY: 12, KIND_VAR: 4, KIND_DECL_TAG: 4}
 _PER_MEMBER = {KIND_STRUCT: 12, KIND_UNION: 12, KIND_ENUM: 8, KIND_FUNC_PROTO: 8, KIND_DATASEC: 12, KIND_ENUM64: 12}
 _NO_EXTRA = {KIND_PTR, KIND_FWD, KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_FUNC, KIND_FLOAT, KIND_TYPE_TAG}
-_EXTRA: tuple[tuple[int, int] | None, ...] = tuple(
-    (_FIXED_EXTRA.get(k, 0), _PER_MEMBER.get(k, 0)) if k in _FIXED_EXTRA or k in _PER_MEMBER or k in _NO_EXTRA else None
+# By kind: the 32-bit words of kind-specific data after each btf_type, as
+# (fixed, per member) with fixed + per_member * vlen words in all; None for a
+# kind this reader does not know (a future one: its size is unknown, so
+# nothing after it can be read).
+_EXTRA_WORDS: tuple[tuple[int, int] | None, ...] = tuple(
+    (_FIXED_EXTRA.get(k, 0) // 4, _PER_MEMBER.get(k, 0) // 4) if k in _FIXED_EXTRA or k in _PER_MEMBER or k in _NO_EXTRA else None
     for k in range(32)
 )
-_EXTRA_WORDS = tuple(None if e is None else (e[0] // 4, e[1] // 4) for e in _EXTRA)
 # The kinds looked up by name (the rest are only counted, to keep type ids right).
 _NAMED_KINDS = frozenset({KIND_ENUM, KIND_ENUM64, KIND_FUNC})
 

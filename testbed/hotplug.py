@@ -114,9 +114,10 @@ def unmovable_block(g: Guest) -> int:
     )
     if not blocks:
         raise VmError("no 'Kernel code' or 'Crash kernel' line in the guest's /proc/iomem")
-    zones = {b: g.read_text(f"{MEMORY_SYSFS}/memory{b}/valid_zones").strip() for b in blocks}
-    for b, zone in zones.items():
-        if zone and zone != "none":
+    zones: dict[int, str] = {}  # read one guest command at a time, up to the first block that will do
+    for b in blocks:
+        zones[b] = g.read_text(f"{MEMORY_SYSFS}/memory{b}/valid_zones").strip()
+        if zones[b] and zones[b] != "none":
             return b
     raise VmError(f"every block of the kernel image and the crash reservation spans a hole or zones (valid_zones {zones})")
 

@@ -120,7 +120,7 @@ def test_row1_offline_by_hand_then_eject(boot_guest: BootGuest, source: str) -> 
     offline_dimm_by_hand(g, dimm)  # 2-4 s per block under TCG (pages migrate)
     # The issue waited 12 s here; what matters is that the eject comes after the offline
     # batches are done: urgent, and skipped (an offline block is still System RAM).
-    trace = wait_batches(d, 1, timeout=30)
+    wait_batches(d, 1, timeout=30)
     trace = d.wait_quiet(3.0, 30.0)
     assert set(_results(trace)) == {"skipped"}, [r.record for r in trace.reloads_after_ready()]
     n = len(trace.reloads_after_ready())
