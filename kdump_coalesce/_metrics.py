@@ -16,8 +16,8 @@ Two ways out:
   and at least every ``textfile-interval`` seconds, so that node_exporter's
   ``node_textfile_mtime_seconds`` doubles as a liveness signal.  The write runs
   in a worker thread: a stalled disk must not stall the pipeline.
-- the HTTP endpoint (``[metrics] listen``): prometheus_client's own server in a
-  daemon thread, bound to a loopback address only (the metrics say which
+- the HTTP endpoint (``[metrics] listen``): prometheus_client's WSGI app in a
+  threading wsgiref server of our own (see :class:`MetricsServer`), bound to a loopback address only (the metrics say which
   machines are being resized and when; exposing them is the operator's call,
   through a proxy).
 
@@ -30,13 +30,18 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import prometheus_client.metrics
 import trio
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -160,6 +165,22 @@ class KernelStateCollector(Collector):
         return []
 
 
+def _disable_created_metrics() -> None:
+    """No ``*_created`` series, in every prometheus_client the package supports.
+
+    ``disable_created_metrics()`` exists since 0.17.  Before it (Debian
+    bookworm: 0.16) the same switch is the module global it sets,
+    ``prometheus_client.metrics._use_created``, otherwise read once from
+    PROMETHEUS_DISABLE_CREATED_SERIES at import time, which is too early for
+    a daemon that decides in code.
+    """
+    disable = getattr(prometheus_client, "disable_created_metrics", None)
+    if disable is not None:
+        disable()
+    else:
+        setattr(prometheus_client.metrics, "_use_created", False)
+
+
 class MetricsObserver:
     """Turns items, batches and records into metrics."""
 
@@ -167,7 +188,7 @@ class MetricsObserver:
         # No ``*_created`` series: the textfile is rewritten every few seconds
         # and those would double its size for nothing an alert uses.  (A
         # process-wide switch in prometheus_client; this process is the daemon.)
-        disable_created_metrics()  # type: ignore[no-untyped-call]
+        _disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         self.clock = clock
         self.changed: trio.Event | None = None  # set by TextfileWriter.run
@@ -407,15 +428,36 @@ class TextfileWriter:
             await trio.sleep(self.min_gap)
 
 
+class _QuietRequestHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per scrape on stderr would end up in the journal every 15 s
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a stuck scraper must not hold up the daemon's exit
+
+
+class _ThreadingWSGIServer6(_ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
 class MetricsServer:
-    """prometheus_client's HTTP server on a loopback address."""
+    """prometheus_client's WSGI app, served on a loopback address from a daemon thread.
+
+    The server is built here rather than taken from prometheus_client's
+    ``start_http_server``, which returns the (server, thread) pair needed to
+    shut it down only since 0.20; Debian bookworm ships 0.16, where it returns
+    nothing.  ``make_wsgi_app`` is the same in every version the package
+    supports.
+    """
 
     def __init__(self, metrics: MetricsObserver, address: str, port: int) -> None:
-        from prometheus_client import start_http_server
-
         self.address = address
-        self.server, self.thread = start_http_server(port, addr=address, registry=metrics.registry)
+        server_class = _ThreadingWSGIServer6 if ipaddress.ip_address(address).version == 6 else _ThreadingWSGIServer
+        self.server = make_server(address, port, make_wsgi_app(metrics.registry), server_class, handler_class=_QuietRequestHandler)
         self.port: int = self.server.server_port
+        self.thread = threading.Thread(target=self.server.serve_forever, name="metrics-http", daemon=True)
+        self.thread.start()
 
     def close(self) -> None:
         self.server.shutdown()

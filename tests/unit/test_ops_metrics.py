@@ -275,6 +275,23 @@ def test_http_endpoint_on_loopback(server: MetricsServer) -> None:
     assert value(parse(body), "kdump_coalesce_reloads_total", backend="kexec", result="ok") == 1
 
 
+def test_http_endpoint_on_ipv6_loopback() -> None:
+    """``listen = "[::1]:PORT"`` binds an AF_INET6 socket (the server is ours,
+    not prometheus_client's, which picks the family itself)."""
+    address, _ = parse_listen("[::1]:9466") or ("", 0)
+    m = MetricsObserver()
+    _feed(m)
+    srv = MetricsServer(m, address, 0)
+    try:
+        assert srv.server.server_address[0] == "::1"
+        with urllib.request.urlopen(f"http://[::1]:{srv.port}/metrics", timeout=10) as resp:
+            body = resp.read()
+    finally:
+        srv.close()
+    assert value(parse(body), "kdump_coalesce_reloads_total", backend="kexec", result="ok") == 1
+    assert not srv.thread.is_alive()
+
+
 async def test_daemon_with_ops_writes_the_textfile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``ops.attach`` on a real daemon run: the textfile holds the batch, and
     the last write (after the daemon stopped) says ready=0."""

@@ -103,12 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--date", default=None, help="the page's date (default: SOURCE_DATE_EPOCH, else today)")
     args = ap.parse_args(argv)
     date = args.date or time.strftime("%Y-%m-%d", time.gmtime(int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))))
-    try:
-        import debian_compat  # on PYTHONPATH when run by debian/rules
-    except ImportError:
-        pass
-    else:
-        debian_compat.apply()
     from kdump_coalesce import __version__
     from kdump_coalesce.cli import build_parser
 

@@ -21,9 +21,18 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from Crypto.Hash import SHA256
+if TYPE_CHECKING:
+    from Crypto.Hash import SHA256
+else:
+    # PyPI's pycryptodome installs the ``Crypto`` namespace; Debian's
+    # python3-pycryptodome (bookworm 3.11, trixie 3.20) is built from
+    # pycryptodomex and installs the same API as ``Cryptodome`` only.
+    try:
+        from Crypto.Hash import SHA256
+    except ImportError:
+        from Cryptodome.Hash import SHA256
 
 from ._purgatory import SHA256_REGION_SIZE, SHA256_REGIONS
 from ._segments import Segment
