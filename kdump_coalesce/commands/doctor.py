@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
+from ground.config import section_from
 from ground.errors import EXIT_OK, EXIT_UNAVAILABLE, KdumpCoalesceError
 from ground.events import Kind
 from probes import ProgramSpec, all_checks, events_covered, render, run_can_work
+
+from ._common import add_config_flag, read_config
+
+if TYPE_CHECKING:
+    from updater import KexecSettings, UpdaterSettings
 
 NAME = "doctor"
 ORDER = 20
@@ -21,9 +28,14 @@ for each probe kind, the netlink socket is bound, files are read.
 The 'crash_hotplug' line says which path the host is on (kernel support for
 crash hotplug: /sys/kernel/crash_elfcorehdr_size; how the loaded image was
 loaded: crash_hotplug 1 = with the kernel's hotplug support, 0 = plain
-kexec -p or nothing), and the 'auto:' line what 'run --backend auto' does
-here with the default config: stand aside, hand over (one kexec_load with
-KEXEC_UPDATE_ELFCOREHDR), or manage the header itself, and why.
+kexec -p or nothing), and the 'plan:' line what 'run' does here with this
+host's config file (--config, default /etc/kdump-coalesce/config.toml):
+its backend, and on a kernel with crash hotplug whether it stands aside
+(the kernel rewrites the header; the daemon watches and repairs removals
+and skipped updates), hands over (one kexec_load with
+KEXEC_UPDATE_ELFCOREHDR, then stands aside), or manages the header itself
+([updater] kernel-hotplug = "off", or a --backend other than auto/kernel),
+and why.
 
 The 'events:' lines say which source follows each change the header depends
 on (cpu online/offline, cpu add/remove, memory online/offline, memory
@@ -48,6 +60,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_config_flag(p)
     p.add_argument("--json", action="store_true", help="one JSON document instead of lines")
     p.add_argument("--dump-bpf", action="store_true", help="print the BPF C program planned for this host and exit")
     p.set_defaults(func=run)
@@ -56,10 +69,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.dump_bpf:
         return dump_bpf(frozenset(Kind))
+    import updater
+
+    # Read first: a bad config file is the one-line error every command gives, before any probing.
+    document, path = read_config(args, updater.SECTIONS)
+    settings = section_from(updater.UpdaterSettings, "updater", document, path, None)
+    kexec = section_from(updater.KexecSettings, "kexec", document, path, None)
     checks = all_checks()
     ok, problems = run_can_work(checks)
     covered = events_covered(checks)
-    plan = auto_plan()
+    plan = auto_plan(settings, kexec, config=path)
     if args.json:
         doc = {
             "run_can_work": ok,
@@ -76,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         print("events (--source auto; bpf+uevent: both, counted once):")
         for change, how in covered.items():
             print(f"{'ok' if how != 'none' else 'MISSING':<7} {change:<22} {how}")
-        print(f"auto:   backend {plan['backend']}, kernel hotplug {plan['kernel_hotplug']}: {plan['why']}")
+        print(f"plan:   backend {plan['backend']}, kernel hotplug {plan['kernel_hotplug']} ({plan['config']}): {plan['why']}")
         if ok:
             print("run: can work here")
         else:
@@ -87,28 +106,37 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_UNAVAILABLE
 
 
-def auto_plan(root: str = "/") -> dict[str, str]:
-    """What ``run --backend auto`` would choose here with the default config:
-    ``backend``, ``kernel_hotplug`` (stand-aside, hand-over, off, unavailable,
-    unsupported; docs/updater.md) and ``why``.  Reads the live state like
-    ``run`` does; without root it says it cannot tell."""
+def auto_plan(settings: UpdaterSettings | None = None, kexec: KexecSettings | None = None, *, config: str = "") -> dict[str, str]:
+    """What ``run`` would choose here with these settings (default: the
+    built-in ones): ``backend``, ``kernel_hotplug`` (stand-aside, hand-over,
+    off, unavailable, unsupported; docs/updater.md), ``why`` and ``config``
+    (the file they came from).  Reads the live state like ``run`` does,
+    under ``settings.snapshot_root``; without root it says it cannot tell."""
     import updater
 
+    settings = settings or updater.UpdaterSettings()
+    kexec = kexec or updater.KexecSettings()
+    source = config or "built-in defaults"
     try:
-        snapshot = updater.read_snapshot(root)
+        snapshot = updater.read_snapshot(settings.snapshot_root)
     except (KdumpCoalesceError, OSError) as exc:
-        return {"backend": "?", "kernel_hotplug": "?", "why": f"cannot tell: {exc}"}
-    settings = updater.UpdaterSettings(snapshot_root=root)
-    kexec = updater.KexecSettings()
+        return {"backend": "?", "kernel_hotplug": "?", "why": f"cannot tell: {exc}", "config": source}
     caps = updater.HostCapabilities.probe(snapshot, kexec, settings)
-    mode, mode_why = updater.plan_kernel_hotplug("auto", caps, settings.kernel_hotplug)
+    requested = settings.backend
+    mode, mode_why = updater.plan_kernel_hotplug(requested, caps, settings.kernel_hotplug)
     try:
-        backend, why = updater.choose_backend("auto", caps, settings.kernel_hotplug)
+        backend, why = updater.choose_backend(requested, caps, settings.kernel_hotplug)
     except KdumpCoalesceError as exc:
-        return {"backend": "?", "kernel_hotplug": mode, "why": str(exc)}
-    if mode not in ("stand-aside", "hand-over"):
-        why = f"{why}; kernel hotplug: {mode_why}"
-    return {"backend": backend, "kernel_hotplug": mode, "why": why}
+        return {"backend": "?", "kernel_hotplug": mode, "why": str(exc), "config": source}
+    if mode == "stand-aside":
+        why = f"stand aside: {why}; the daemon watches, and repairs with one hotplug-capable load a removal the kernel's header still lists or an update the kernel skipped"
+    elif mode == "hand-over":
+        why = f"hand over: {why}, then stand aside"
+    else:
+        why = f"{why}; the daemon manages the header (kernel hotplug: {mode_why})"
+    if requested != "auto":
+        why = f"--backend {requested} (from the config): {why}"
+    return {"backend": backend, "kernel_hotplug": mode, "why": why, "config": source}
 
 
 def dump_bpf(kinds: frozenset[Kind]) -> int:

@@ -297,11 +297,31 @@ def test_doctor_says_which_path_the_host_is_on(kernel: FakeKernel, tmp_path: Pat
     assert check_kmsg(root, str(tmp_path / "no-kmsg")).status == "warn"
     assert check_kmsg(str(tmp_path / "bare"), str(tmp_path / "no-kmsg")).status == "ok"
     # auto's plan on this tree, with the default [kexec] (no usable capture kernel here): stand aside
-    plan = auto_plan(root)
+    here = UpdaterSettings(snapshot_root=root)
+    plan = auto_plan(here)
     assert plan["backend"] == "kernel" and plan["kernel_hotplug"] == "stand-aside"
+    assert plan["why"].startswith("stand aside: ") and "repairs" in plan["why"] and plan["config"] == "built-in defaults"
     kernel.set_crash_hotplug(0)
-    plan = auto_plan(root)
+    plan = auto_plan(here)
     assert plan["kernel_hotplug"] in ("hand-over", "unavailable") and plan["why"]
+    # the config file's choices are what the plan follows
+    kernel.set_crash_hotplug(1)
+    off = auto_plan(dataclasses.replace(here, kernel_hotplug="off"), config="/etc/kdump-coalesce/config.toml")
+    assert off["kernel_hotplug"] == "off" and off["backend"] != "kernel"
+    assert "the daemon manages the header" in off["why"] and off["config"] == "/etc/kdump-coalesce/config.toml"
+    explicit = auto_plan(dataclasses.replace(here, backend="dry-run"))
+    assert explicit["backend"] == "dry-run" and explicit["why"].startswith("--backend dry-run (from the config): ")
+    assert explicit["kernel_hotplug"] == "unavailable"
+
+
+def test_doctor_refuses_a_bad_config_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kdump_coalesce.cli import main
+
+    bad = tmp_path / "config.toml"
+    bad.write_text('[updater]\nkernel-hotplug = "sometimes"\n')
+    assert main(["doctor", "--config", str(bad)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and "kernel-hotplug" in err[0], err
 
 
 async def test_a_load_in_progress_is_waited_out_not_handed_over_on(
