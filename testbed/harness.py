@@ -365,6 +365,9 @@ class GuestConfig:
     smp: int = 2
     maxcpus: int = 8
     hostroot: bool = True
+    # The directory exported as kdc.root (read-only): the host's own root, or
+    # another Debian root such as tools/vm/build-trixie-root's.
+    root_dir: str = "/"
     append: str = GUEST_APPEND
     # Hard wall-clock limit of the whole qemu run (enforced by timeout -s KILL).
     hard_timeout: float = 600.0
@@ -473,7 +476,7 @@ class Guest:
         ]
         if c.hostroot:
             argv += [
-                "-fsdev", "local,id=fsroot,path=/,security_model=none,readonly=on,multidevs=remap",
+                "-fsdev", f"local,id=fsroot,path={c.root_dir},security_model=none,readonly=on,multidevs=remap",
                 "-device", "virtio-9p-pci,fsdev=fsroot,mount_tag=kdc.root",
             ]
         if c.virtio_mem_gib:

@@ -188,3 +188,15 @@ def test_the_code_runs_on_debians_own_modules() -> None:
     assert "trio=" in proc.stdout
 
 
+
+
+def test_trixie_root_holds_every_depends_of_the_deb() -> None:
+    """The trixie guest has no network: `apt-get install ./kdump-coalesce_*.deb`
+    there resolves from what tools/vm/build-trixie-root put in the root."""
+    script = (REPO / "tools" / "vm" / "build-trixie-root").read_text()
+    listed = re.search(r"^packages=\((.*?)^\)", script, re.M | re.S)
+    assert listed is not None, "no packages=( ... ) in build-trixie-root"
+    packages = set(listed.group(1).split())
+    missing = set(control_depends()) - packages
+    assert not missing, f"tools/vm/build-trixie-root lacks the .deb's Depends {sorted(missing)}"
+    assert {"kdump-tools", "kexec-tools", "systemd", "linux-image-amd64", "linux-headers-amd64"} <= packages
