@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import lzma
 import io
 import shlex
 import time
@@ -102,13 +103,15 @@ def _newc(files: list[tuple[str, bytes, int]]) -> bytes:
 
 def systemd_initrd(assets: VmAssets, dest: Path) -> Path:
     """The guest initramfs plus a second archive: the systemd rdinit and overlay.ko."""
-    overlay = next((assets.directory / "lib-modules").rglob("overlay.ko"), None)
+    # 6.12 ships its modules xz-compressed (overlay.ko.xz); busybox's insmod takes the plain ELF.
+    overlay = next((p for name in ("overlay.ko", "overlay.ko.xz") for p in (assets.directory / "lib-modules").rglob(name)), None)
     if overlay is None:
-        pytest.fail(f"no overlay.ko in {assets.directory}/lib-modules: the guest cannot lay a tmpfs over the 9p root")
+        pytest.fail(f"no overlay.ko(.xz) in {assets.directory}/lib-modules: the guest cannot lay a tmpfs over the 9p root")
+    module = lzma.decompress(overlay.read_bytes()) if overlay.suffix == ".xz" else overlay.read_bytes()
     extra = _newc(
         [
             ("kdc/systemd-init", INIT.read_bytes(), 0o100755),
-            ("kdc/modules/overlay.ko", overlay.read_bytes(), 0o100644),
+            ("kdc/modules/overlay.ko", module, 0o100644),
         ]
     )
     dest.write_bytes(assets.guest_initrd.read_bytes() + gzip.compress(extra, mtime=0))
