@@ -49,8 +49,11 @@ REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv"
 DEFAULT_CACHE = Path("/var/cache/kdump-coalesce/vm")
 # The guest kernels tools/vm-assets builds (its KERNELS), by the name test ids
-# use; <cache>/current-<name> points at each one's directory.
-KERNELS = ("6.1", "6.12")
+# use; <cache>/current-<name> points at each one's directory.  "trixie" is
+# trixie's own 6.12, built on demand (tools/vm-assets --kernel trixie) for the
+# guest on tools/vm/build-trixie-root's root.
+KERNELS = ("6.1", "6.12", "trixie")
+TRIXIE_ROOT = DEFAULT_CACHE / "trixie-root"
 DEFAULT_KERNEL = "6.1"
 QEMU = "qemu-system-x86_64"
 # bookworm-backports' qemu 10, unpacked by tools/vm-assets under <cache>/qemu-bpo/
