@@ -24,6 +24,13 @@ segment copied from the caller's memory.  Then, in one guest:
    package touched are as before install; the next DIMM makes kdump-config
    reload once per block again.
 
+The same on a Debian trixie root (tools/vm/build-trixie-root: kdump-tools
+1.10.7, kexec-tools 2.0.29, systemd 257, in the root since debootstrap) under
+trixie's own kernel: `[trixie]`.  On demand, not in CI (docs/vm-testbed.md):
+
+    tools/vm-assets --kernel trixie
+    KDC_VM_DEB_TAKEOVER=1 .venv/bin/python -m pytest tests/vm/test_deb_takeover.py
+
 A guest survives one panic only (the capture kernel powers it off), so the
 panic comes after phase 3: the capture kernel's /proc/vmcore covers the three
 DIMMs, and its PT_LOADs are exactly those of the last header the witness
@@ -43,7 +50,7 @@ from typing import Any
 
 import pytest
 
-from testbed.harness import CAPTURE_APPEND, GIB, GUEST_XFER, Dimm, Guest, GuestConfig, VmAssets
+from testbed.harness import CAPTURE_APPEND, GIB, GUEST_XFER, TRIXIE_ROOT, Dimm, Guest, GuestConfig, VmAssets
 from tests.vm.test_service_systemd import APPEND, systemd_initrd
 
 pytestmark = pytest.mark.vm
@@ -131,7 +138,9 @@ class Witness:
     def __init__(self, g: Guest) -> None:
         self.g = g
         self.path = g.xfer / "kexec.jsonl"
-        script = REPO / "tools" / "vm" / "kexec-log.py"
+        # Through the exchange directory: a guest on another root (trixie) has no checkout.
+        (g.xfer / "kexec-log.py").write_bytes((REPO / "tools" / "vm" / "kexec-log.py").read_bytes())
+        script = f"{GUEST_XFER}/kexec-log.py"
         g.run(f"setsid /usr/bin/python3 {script} {GUEST_XFER}/kexec.jsonl </dev/null >{GUEST_XFER}/kexec-log.out 2>&1 &")
         deadline = time.monotonic() + 120
         while not (g.xfer / "kexec.jsonl.ready").exists():
@@ -204,20 +213,45 @@ def run_watched(g: Guest, command: str, timeout: float, what: str) -> tuple[int,
     return int(rc_text or "255"), (g.xfer / "watched.out").read_text(errors="replace")
 
 
+def trixie_root() -> Path:
+    """tools/vm/build-trixie-root's root (built once, ~2 min; a no-op when current)."""
+    proc = subprocess.run([str(REPO / "tools" / "vm" / "build-trixie-root"), str(TRIXIE_ROOT)], capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, f"tools/vm/build-trixie-root failed:\n{proc.stderr[-3000:]}"
+    return TRIXIE_ROOT
+
+
+@pytest.mark.kernels("6.1", "trixie")
 def test_deb_takes_over_from_real_kdump_tools(vm_assets: VmAssets, tmp_path: Path) -> None:
+    """On the host's bookworm root (6.1; kdump-tools installed in the guest
+    with dpkg -i) and on a trixie root (trixie's 6.12; kdump-tools 1.10.7
+    installed in the root by debootstrap)."""
     t0 = time.monotonic()
+    trixie = vm_assets.name == "trixie"
     deb = build_deb(tmp_path / "deb")
-    debs = fetch_debs(tmp_path / "debs")
+    debs = [] if trixie else fetch_debs(tmp_path / "debs")
+    root = trixie_root() if trixie else Path("/")
+    if trixie:
+        modules = [root / "usr/lib/modules" / vm_assets.kernel_release, root / "lib/modules" / vm_assets.kernel_release]
+        assert any(m.is_dir() for m in modules), (
+            f"the trixie root's kernel is not the guest's {vm_assets.kernel_release} (BCC needs its headers): "
+            "rebuild one of them (tools/vm/build-trixie-root --force, tools/vm-assets --kernel trixie --force)"
+        )
     t_host = time.monotonic() - t0
     assets = dataclasses.replace(vm_assets, guest_initrd=systemd_initrd(vm_assets, tmp_path / "systemd.cpio.gz"))
-    config = GuestConfig(append=APPEND, hard_timeout=2400, boot_timeout=120)
-    figures: dict[str, Any] = {"host prep s": round(t_host, 1)}
+    config = GuestConfig(append=APPEND, hard_timeout=2400, boot_timeout=120, root_dir=str(root))
+    figures: dict[str, Any] = {"root": "trixie" if trixie else "bookworm (host)", "host prep s": round(t_host, 1)}
     with Guest(assets, config, name="deb-takeover") as g:
         figures["boot s"] = round(g.boot_seconds, 1)
         assert g.run("readlink /proc/1/exe").text.strip().endswith("/systemd")
+        figures["versions"] = g.run("dpkg-query -W -f '${Package}=${Version} ' kdump-tools kexec-tools systemd; uname -r").text.strip()
         (g.xfer / "debs").mkdir()
         for d in [*debs, deb]:
             (g.xfer / "debs" / d.name).write_bytes(d.read_bytes())
+        # The capture kernel kdump-tools loads: the VM tier's, through the
+        # exchange directory (the trixie root does not hold the host's cache).
+        for f in (assets.kernel, assets.capture_initrd):
+            (g.xfer / f.name).write_bytes(f.read_bytes())
+        capture_kernel, capture_initrd = f"{GUEST_XFER}/{assets.kernel.name}", f"{GUEST_XFER}/{assets.capture_initrd.name}"
         gdeb = f"{GUEST_XFER}/debs/{deb.name}"
         apt_env = "DEBIAN_FRONTEND=noninteractive APT_LISTCHANGES_FRONTEND=none"
 
@@ -228,9 +262,10 @@ def test_deb_takes_over_from_real_kdump_tools(vm_assets: VmAssets, tmp_path: Pat
         g.run("rm -rf /var/lib/kdump-coalesce /var/log/kdump-coalesce /run/kdump-coalesce")
 
         # -- kdump-tools, the real package, enabled and loading the capture kernel itself
-        kt = " ".join(f"{GUEST_XFER}/debs/{d.name}" for d in debs)
-        rc, out = run_watched(g, f"{apt_env} dpkg -i {kt}", timeout=400, what="dpkg -i kdump-tools")
-        assert rc == 0, out[-3000:]
+        if debs:
+            kt = " ".join(f"{GUEST_XFER}/debs/{d.name}" for d in debs)
+            rc, out = run_watched(g, f"{apt_env} dpkg -i {kt}", timeout=400, what="dpkg -i kdump-tools")
+            assert rc == 0, out[-3000:]
 
         # The host root is a docker image whose /usr/sbin/policy-rc.d forbids
         # maintainer scripts to start services (exit 101); the guest is a
@@ -242,7 +277,7 @@ def test_deb_takes_over_from_real_kdump_tools(vm_assets: VmAssets, tmp_path: Pat
         # restarts it below, configured).
         g.run("rm -f /usr/sbin/policy-rc.d")
         defaults = (
-            f"KDUMP_KERNEL={assets.kernel}\nKDUMP_INITRD={assets.capture_initrd}\n"
+            f"KDUMP_KERNEL={capture_kernel}\nKDUMP_INITRD={capture_initrd}\n"
             f'KDUMP_CMDLINE="{CAPTURE_APPEND}"\n'
         )
         g.run(f"printf '%s' {shlex.quote(defaults)} >> /etc/default/kdump-tools && grep -q '^USE_KDUMP=1' /etc/default/kdump-tools")
@@ -283,6 +318,13 @@ def test_deb_takes_over_from_real_kdump_tools(vm_assets: VmAssets, tmp_path: Pat
 
         # -- phase 2: the package takes over
         before = g.run(SNAPSHOT).text
+        hotplug_file = "cat /sys/devices/system/memory/crash_hotplug 2>/dev/null || echo absent"
+        # trixie's kdump-config loads with kexec_file_load (`kexec -s -p`):
+        # on a CONFIG_CRASH_HOTPLUG kernel that image already lets the kernel
+        # rewrite the header (1); bookworm's 6.1 has no such file.
+        crash_hotplug_before = g.run(hotplug_file).text.strip()
+        figures["crash_hotplug before install"] = crash_hotplug_before
+        mark_install = witness.mark()
         t = time.monotonic()
         rc, out = run_watched(g, f"{apt_env} apt-get install -y {gdeb}",
                               timeout=600, what="apt-get install kdump-coalesce")
@@ -295,21 +337,46 @@ def test_deb_takes_over_from_real_kdump_tools(vm_assets: VmAssets, tmp_path: Pat
         assert mask.rc == 0 and mask.text.startswith("# kdump-coalesce: masked"), mask.text + journal
         assert not g.run(f"test -e /etc/udev/rules.d/{RULE}", check=False).ok, "the package must not write /etc/udev/rules.d"
         status = g.run("kdump-coalesce status 2>&1", check=False, timeout=120).text
+        # On a kernel with crash hotplug (trixie's 6.12), `auto` hands the
+        # header to the kernel: at its start the daemon replaced kdump-tools'
+        # plain `kexec -p` image with ONE kexec_load carrying
+        # KEXEC_UPDATE_ELFCOREHDR, after which the kernel rewrites the header
+        # on every hot-add and nobody reloads.  On 6.1 the daemon manages it.
+        kernel_owns = g.run(hotplug_file).text.strip() == "1"
+        by_daemon_at_start = [x for x in witness.since(mark_install).loads() if main_pid in (x["pid"], x["ppid"])]
+        if not kernel_owns:
+            figures["phase 2 path"] = "the daemon reloads"
+        elif crash_hotplug_before == "1":
+            # stand aside: the image kdump-tools loaded has the kernel's support
+            figures["phase 2 path"] = "stand aside (kdump-tools' kexec_file_load image), the kernel updates the header"
+            assert by_daemon_at_start == [], "standing aside, the daemon must not load\n" + witness.since(mark_install).describe()
+        else:
+            figures["phase 2 path"] = "hand-over, then the kernel updates the header"
+            assert len(by_daemon_at_start) == 1 and by_daemon_at_start[0]["ret"] == 0, witness.since(mark_install).describe()
+            handover = by_daemon_at_start[0]
+            assert handover["call"] == "kexec_load" and handover["flags"] & 0x4, handover  # KEXEC_UPDATE_ELFCOREHDR
+            assert covers(header_ranges(handover["elfcorehdr"]), dimm1)
         mark = witness.mark()
         t = time.monotonic()
         dimm2 = g.hotplug_dimm(DIMM)
-        p2 = witness.wait(mark, lambda c: any(covers(header_ranges(x["elfcorehdr"]), dimm2) for x in c.loads() if x.get("elfcorehdr")),
-                          quiet_s=15.0, timeout=300, what="phase 2: a reload by kdump-coalesce covering the new DIMM")
+        if kernel_owns:
+            p2 = witness.wait(mark, lambda c: True, quiet_s=30.0, timeout=300, what="phase 2: the hot-add's uevents handled")
+            assert p2.kdump_config_runs() == [] and p2.loads() == [] and p2.unloads() == [], (
+                "after the hand-over nobody may reload (the kernel updates the header)\n" + p2.describe())
+            by_daemon = []
+        else:
+            p2 = witness.wait(mark, lambda c: any(covers(header_ranges(x["elfcorehdr"]), dimm2) for x in c.loads() if x.get("elfcorehdr")),
+                              quiet_s=15.0, timeout=300, what="phase 2: a reload by kdump-coalesce covering the new DIMM")
+            loads2 = p2.loads()
+            by_daemon = [x for x in loads2 if main_pid in (x["pid"], x["ppid"])]
+            assert p2.kdump_config_runs() == [], "kdump-tools still reloads: the take-over did not work\n" + p2.describe()
+            assert len(by_daemon) == 1 and len(loads2) == 1, p2.describe()
+            assert by_daemon[0]["ret"] == 0
+            ranges2 = header_ranges(by_daemon[0]["elfcorehdr"])
+            assert covers(ranges2, dimm1) and covers(ranges2, dimm2), ranges2
         figures["phase 2 s"] = round(time.monotonic() - t, 1)
-        loads2 = p2.loads()
-        by_daemon = [x for x in loads2 if main_pid in (x["pid"], x["ppid"])]
-        assert p2.kdump_config_runs() == [], "kdump-tools still reloads: the take-over did not work\n" + p2.describe()
-        assert len(by_daemon) == 1 and len(loads2) == 1, p2.describe()
-        assert by_daemon[0]["ret"] == 0
-        ranges2 = header_ranges(by_daemon[0]["elfcorehdr"])
-        assert covers(ranges2, dimm1) and covers(ranges2, dimm2), ranges2
-        figures["phase 2"] = {"kdump-coalesce loads": len(by_daemon), "kdump-config runs": 0, "by": by_daemon[0]["comm"],
-                              "kexec execs": len(p2.execs())}
+        figures["phase 2"] = {"kdump-coalesce loads": len(by_daemon), "kdump-config runs": 0,
+                              "by": by_daemon[0]["comm"] if by_daemon else "the kernel", "kexec execs": len(p2.execs())}
         print(f"deb take-over so far: {json.dumps(figures)}", flush=True)
 
         # -- phase 3: purge gives the rule back and the tree is as before
@@ -333,17 +400,25 @@ def test_deb_takes_over_from_real_kdump_tools(vm_assets: VmAssets, tmp_path: Pat
         figures["phase 3"] = {"kdump-config runs": len(p3.kdump_config_runs()), "kexec execs": len(p3.execs()),
                               "loads reaching the kernel": len(p3.loads()), "ok": len(ok3)}
         print(f"deb take-over so far: {json.dumps(figures)}", flush=True)
-        # What the crash kernel holds now: the header of the last load that succeeded, by anyone.
-        last_ok = [x for x in witness.since(0).loads() if x["ret"] == 0 and x.get("elfcorehdr")][-1]
-        last = header_ranges(last_ok["elfcorehdr"])
-        assert covers(last, dimm1) and covers(last, dimm2), last
-        assert covers(last, dimm3) == kdump_tools_effective, (last, dimm3)
+        if kernel_owns:
+            # Purge stopped the daemon; the image it loaded keeps the
+            # kernel's hotplug support, so the kernel put DIMM 3 in the header too.
+            assert g.read_text("/sys/devices/system/memory/crash_hotplug").strip() == "1"
+            cap = g.crash_and_capture()
+            for d in (dimm1, dimm2, dimm3):
+                assert cap.vmcore.covers(d.addr, d.end), (d, cap.vmcore.describe())
+        else:
+            # What the crash kernel holds now: the header of the last load that succeeded, by anyone.
+            last_ok = [x for x in witness.since(0).loads() if x["ret"] == 0 and x.get("elfcorehdr")][-1]
+            last = header_ranges(last_ok["elfcorehdr"])
+            assert covers(last, dimm1) and covers(last, dimm2), last
+            assert covers(last, dimm3) == kdump_tools_effective, (last, dimm3)
 
-        # -- the panic: the capture kernel dumps what the last header says
-        cap = g.crash_and_capture()
-        assert cap.vmcore.ranges() == last, (cap.vmcore.ranges(), last)
-        assert cap.vmcore.covers(dimm1.addr, dimm1.end) and cap.vmcore.covers(dimm2.addr, dimm2.end), cap.vmcore.describe()
+            # -- the panic: the capture kernel dumps what the last header says
+            cap = g.crash_and_capture()
+            assert cap.vmcore.ranges() == last, (cap.vmcore.ranges(), last)
+            assert cap.vmcore.covers(dimm1.addr, dimm1.end) and cap.vmcore.covers(dimm2.addr, dimm2.end), cap.vmcore.describe()
         figures["vmcore covers DIMM 1, 2, 3"] = [cap.vmcore.covers(d.addr, d.end) for d in (dimm1, dimm2, dimm3)]
         figures["capture s"] = round(cap.seconds, 1)
     figures["total s"] = round(time.monotonic() - t0, 1)
-    print(f"deb take-over (bookworm): {json.dumps(figures)}; status before phase 2 hot-add: {status.strip()[:300]!r}")
+    print(f"deb take-over ({figures['root']}): {json.dumps(figures)}; status before phase 2 hot-add: {status.strip()[:300]!r}")
