@@ -50,8 +50,8 @@ VENV = REPO / ".venv"
 DEFAULT_CACHE = Path("/var/cache/kdump-coalesce/vm")
 # The guest kernels tools/vm-assets builds (its KERNELS), by the name test ids
 # use; <cache>/current-<name> points at each one's directory.  "trixie" is
-# trixie's own 6.12, built on demand (tools/vm-assets --kernel trixie) for the
-# guest on tools/vm/build-trixie-root's root.
+# trixie's own 6.12, for the guest on tools/vm/build-trixie-root's root (the
+# Debian package test only).
 KERNELS = ("6.1", "6.12", "trixie")
 TRIXIE_ROOT = DEFAULT_CACHE / "trixie-root"
 DEFAULT_KERNEL = "6.1"

@@ -14,7 +14,6 @@ Which tests run on 6.12, and why, is in docs/vm-testbed.md ("Kernels").
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -23,12 +22,6 @@ from testbed.harness import DEFAULT_KERNEL, KERNELS, Guest, GuestConfig, VmAsset
 
 BootGuest = Callable[..., Guest]
 
-# The Debian package against the real kdump-tools (issue 13) is collected only
-# on demand, KDC_VM_DEB_TAKEOVER=1: its two guests take ~9 minutes under TCG
-# (bookworm 315 s, trixie 225 s on 2026-12-02), which the suite's 45 minutes
-# cannot hold beside the rest of this tier.
-# Not collected means not counted: CI shows neither a pass nor a skip for it.
-collect_ignore = [] if os.environ.get("KDC_VM_DEB_TAKEOVER") == "1" else ["test_deb_takeover.py"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -26,10 +26,8 @@ segment copied from the caller's memory.  Then, in one guest:
 
 The same on a Debian trixie root (tools/vm/build-trixie-root: kdump-tools
 1.10.7, kexec-tools 2.0.29, systemd 257, in the root since debootstrap) under
-trixie's own kernel: `[trixie]`.  On demand, not in CI (docs/vm-testbed.md):
-
-    tools/vm-assets --kernel trixie
-    KDC_VM_DEB_TAKEOVER=1 .venv/bin/python -m pytest tests/vm/test_deb_takeover.py
+trixie's own kernel: `[trixie]` (the root is built by the test when missing,
+~2 min; tools/vm-assets fetches the kernel).
 
 A guest survives one panic only (the capture kernel powers it off), so the
 panic comes after phase 3: the capture kernel's /proc/vmcore covers the three
