@@ -148,6 +148,7 @@ def _parse_notes(seg: bytes) -> list[ElfNote]:
 
 _BEGIN = re.compile(rb"@@KDC-VMCORE-BEGIN (\d+)@@")
 _B64_LINE = re.compile(rb"^[A-Za-z0-9+/=]+$")
+_PRINTK = re.compile(rb"\[ *\d+\.\d{6}\] [^\r\n]*(?:\r?\n)?")
 
 
 def vmcore_bytes_from_console(console: bytes) -> bytes:
@@ -160,7 +161,11 @@ def vmcore_bytes_from_console(console: bytes) -> bytes:
     end = console.find(b"@@KDC-VMCORE-END@@", m.end())
     if end < 0:
         raise VmcoreParseError("capture output is truncated (no @@KDC-VMCORE-END@@)")
-    lines = [ln.strip() for ln in console[m.end() : end].splitlines()]
+    # A late printk of the capture kernel (e.g. "[    2.29] tsc: Refined TSC
+    # clocksource calibration") can land in the middle of a base64 line on
+    # the shared serial console: cut the kernel's records out, not the line.
+    body = _PRINTK.sub(b"", console[m.end() : end])
+    lines = [ln.strip() for ln in body.splitlines()]
     b64 = b"".join(ln for ln in lines if ln and _B64_LINE.match(ln))
     try:
         raw = gzip.decompress(base64.b64decode(b64, validate=True))

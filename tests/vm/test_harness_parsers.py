@@ -86,3 +86,31 @@ def test_small_parsers() -> None:
         "ACTION": "online",
         "SUBSYSTEM": "memory",
     }
+
+
+def test_capture_decodes_with_a_printk_inside_a_base64_line() -> None:
+    """The 6.1 capture kernel printed "tsc: Refined TSC clocksource
+    calibration" in the middle of the base64 stream (a CI-like run on
+    2026-12-02): the decoder cuts the kernel's record out and keeps the data."""
+    import base64 as b64mod
+    import gzip as gz
+
+    from testbed.vmcore import VmcoreParseError, vmcore_bytes_from_console
+
+    data = bytes(range(256)) * 40
+    text = b64mod.b64encode(gz.compress(data, mtime=0))
+    lines = [text[i : i + 76] for i in range(0, len(text), 76)]
+    mid = len(lines) // 2
+    cut = lines[mid][:30] + b"[    2.291815] tsc: Refined TSC clocksource calibration: 2596.108 MHz\r\n" \
+        b"[    2.293232] clocksource: Switched to clocksource tsc\r\n\r\n" + lines[mid][30:]
+    body = b"\r\n".join([*lines[:mid], cut, *lines[mid + 1 :]])
+    console = b"boot\r\n@@KDC-VMCORE-BEGIN %d@@\r\n" % len(data) + body + b"\r\n@@KDC-VMCORE-END@@\r\n"
+    assert vmcore_bytes_from_console(console) == data
+    # without the record's removal the same stream is corrupt: the check can fail
+    broken = console.replace(b"[    2.291815] tsc", b"#    2.291815] tsc")
+    try:
+        vmcore_bytes_from_console(broken)
+    except VmcoreParseError:
+        pass
+    else:
+        raise AssertionError("a line with foreign text must not decode")
