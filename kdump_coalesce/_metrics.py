@@ -17,9 +17,9 @@ Two ways out:
   ``node_textfile_mtime_seconds`` doubles as a liveness signal.  The write runs
   in a worker thread: a stalled disk must not stall the pipeline.
 - the HTTP endpoint (``[metrics] listen``): prometheus_client's WSGI app in a
-  threading wsgiref server of our own (see :class:`MetricsServer`), bound to a loopback address only (the metrics say which
-  machines are being resized and when; exposing them is the operator's call,
-  through a proxy).
+  threading wsgiref server of our own (see :class:`MetricsServer`), bound to
+  a loopback address only (the metrics say which machines are being resized
+  and when; exposing them is the operator's call, through a proxy).
 
 A metrics failure never stops the daemon: kdump correctness comes first.  It
 is logged once and counted in ``kdump_coalesce_metrics_write_failures_total``.

@@ -23,7 +23,6 @@ from testbed.harness import DEFAULT_KERNEL, KERNELS, Guest, GuestConfig, VmAsset
 BootGuest = Callable[..., Guest]
 
 
-
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",

@@ -211,6 +211,25 @@ def run_watched(g: Guest, command: str, timeout: float, what: str) -> tuple[int,
     return int(rc_text or "255"), (g.xfer / "watched.out").read_text(errors="replace")
 
 
+def hot_add_under_kdump_tools(
+    g: Guest, witness: Witness, blocks: int, figures: dict[str, Any], phase: str
+) -> tuple[Dimm, Calls, list[dict[str, Any]]]:
+    """Hot-add a DIMM while kdump-tools' rule is live (phases 1 and 3): one
+    kdump-config try-reload per memory block, whatever its kexec calls did.
+    Returns the DIMM, the witness's records and kdump-config's loads that succeeded."""
+    mark = witness.mark()
+    t = time.monotonic()
+    dimm = g.hotplug_dimm(DIMM)
+    calls = witness.wait(mark, lambda c: len(c.kdump_config_runs()) >= blocks, quiet_s=8.0, timeout=300,
+                         what=f"{phase}: a kdump-config try-reload per block")
+    figures[f"{phase} s"] = round(time.monotonic() - t, 1)
+    assert len(calls.kdump_config_runs()) == blocks, calls.describe()
+    ok = [x for x in calls.loads() if x["pcomm"] == "kdump-config" and x["ret"] == 0]
+    figures[phase] = {"kdump-config runs": len(calls.kdump_config_runs()), "kexec execs": len(calls.execs()),
+                      "loads reaching the kernel": len(calls.loads()), "ok": len(ok), "unloads": len(calls.unloads())}
+    return dimm, calls, ok
+
+
 def trixie_root() -> Path:
     """tools/vm/build-trixie-root's root (built once, ~2 min; a no-op when current)."""
     proc = subprocess.run([str(REPO / "tools" / "vm" / "build-trixie-root"), str(TRIXIE_ROOT)], capture_output=True, text=True, timeout=1800)
@@ -294,17 +313,8 @@ def test_deb_takes_over_from_real_kdump_tools(vm_assets: VmAssets, tmp_path: Pat
         figures["blocks per DIMM"] = blocks
 
         # -- phase 1: kdump-tools alone reloads once per block
-        mark = witness.mark()
-        t = time.monotonic()
-        dimm1 = g.hotplug_dimm(DIMM)
-        p1 = witness.wait(mark, lambda c: len(c.kdump_config_runs()) >= blocks, quiet_s=8.0, timeout=300,
-                          what="phase 1: a kdump-config try-reload per block")
-        figures["phase 1 s"] = round(time.monotonic() - t, 1)
-        assert len(p1.kdump_config_runs()) == blocks, p1.describe()
+        dimm1, p1, ok1 = hot_add_under_kdump_tools(g, witness, blocks, figures, "phase 1")
         assert all(r["pcomm"] == "kdump-config" for r in p1.execs()), p1.describe()
-        ok1 = [x for x in p1.loads() if x["pcomm"] == "kdump-config" and x["ret"] == 0]
-        figures["phase 1"] = {"kdump-config runs": len(p1.kdump_config_runs()), "kexec execs": len(p1.execs()),
-                              "loads reaching the kernel": len(p1.loads()), "ok": len(ok1), "unloads": len(p1.unloads())}
         # Whether kdump-tools' reloads take effect on this systemd is recorded,
         # not assumed: the final capture checks what was really loaded.
         kdump_tools_effective = bool(ok1)
@@ -386,17 +396,8 @@ def test_deb_takes_over_from_real_kdump_tools(vm_assets: VmAssets, tmp_path: Pat
         assert g.run("systemctl show kdump-coalesce -p LoadState --value").text.strip() == "not-found"
         after = g.run(SNAPSHOT).text
         assert after == before, "purge did not give the tree back:\n" + "\n".join(sorted(set(before.splitlines()) ^ set(after.splitlines())))
-        mark = witness.mark()
-        t = time.monotonic()
-        dimm3 = g.hotplug_dimm(DIMM)
-        p3 = witness.wait(mark, lambda c: len(c.kdump_config_runs()) >= blocks, quiet_s=8.0, timeout=300,
-                          what="phase 3: a kdump-config try-reload per block again")
-        figures["phase 3 s"] = round(time.monotonic() - t, 1)
-        assert len(p3.kdump_config_runs()) == blocks, p3.describe()
-        ok3 = [x for x in p3.loads() if x["pcomm"] == "kdump-config" and x["ret"] == 0]
+        dimm3, p3, ok3 = hot_add_under_kdump_tools(g, witness, blocks, figures, "phase 3")
         assert bool(ok3) == kdump_tools_effective, p3.describe()
-        figures["phase 3"] = {"kdump-config runs": len(p3.kdump_config_runs()), "kexec execs": len(p3.execs()),
-                              "loads reaching the kernel": len(p3.loads()), "ok": len(ok3)}
         print(f"deb take-over so far: {json.dumps(figures)}", flush=True)
         if kernel_owns:
             # Purge stopped the daemon; the image it loaded keeps the
