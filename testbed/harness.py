@@ -394,6 +394,12 @@ class GuestConfig:
     # boots the vmlinuz through the BIOS as a Debian host does.  None: pvh
     # when the assets have it.  Either way the capture kernel is the vmlinuz.
     boot: Literal["pvh", "bzimage"] | None = None
+    # qemu resets the machine when the guest reboots, instead of exiting
+    # (-no-reboot): with a capture kernel that reboots after its dump
+    # (tools/vm/capture, kdc.capture_then=reboot) one Guest lives through
+    # several panics, its hot-plugged DIMMs and CPUs still plugged
+    # (crash_and_capture(reboot=True)).
+    reboot: bool = False
 
 
 def backports_qemu(cache: Path | None = None) -> Path:
@@ -466,7 +472,8 @@ class Guest:
             "-smp", f"{c.smp},maxcpus={c.maxcpus}",
             "-kernel", str(self.boot_kernel()), "-initrd", str(self.assets.guest_initrd),
             "-append", c.append,
-            "-display", "none", "-vga", "none", "-monitor", "none", "-no-reboot", "-nodefaults", "-net", "none",
+            "-display", "none", "-vga", "none", "-monitor", "none", *(() if c.reboot else ("-no-reboot",)),
+            "-nodefaults", "-net", "none",
             "-chardev", f"file,id=con0,path={self.console_path}", "-serial", "chardev:con0",
             "-qmp", f"unix:{w / 'qmp.sock'},server=on,wait=off",
             # The command channel; wait=on: qemu starts the guest only once the
@@ -758,17 +765,41 @@ class Guest:
             return None
         return int(values[0]), int(values[1])
 
-    def crash_and_capture(self, timeout: float = 120.0) -> Capture:
+    def crash_and_capture(self, timeout: float = 120.0, *, reboot: bool = False) -> Capture:
         """Panic the guest (sysrq c), let the capture kernel print /proc/vmcore's headers, parse them.
 
         The guest is gone afterwards (the capture side powers off; qemu runs
-        with -no-reboot).
+        with -no-reboot).  With reboot (GuestConfig.reboot, and a capture
+        kernel command line with kdc.capture_then=reboot) the capture side
+        reboots instead and this returns once the guest's command server is
+        back: the next life of the same machine, its disk and DIMMs kept.
+        Only this capture's console is parsed.  Without reboot on such a
+        guest, qemu is killed once the capture is printed.
         """
+        if reboot and not self.config.reboot:
+            raise VmError("crash_and_capture(reboot=True) needs GuestConfig(reboot=True): qemu would exit")
         t0 = time.monotonic()
+        offset = len(self.console())
         self._send("echo c > /proc/sysrq-trigger", "initramfs")
-        self.wait_exit(timeout)
-        seconds = time.monotonic() - t0
-        console = self.console()
+        if not self.config.reboot:
+            self.wait_exit(timeout)
+            seconds = time.monotonic() - t0
+            console = self.console()
+        else:
+            done = self.wait_console(rb"@@KDC-CAPTURE-DONE@@", timeout, after=offset)
+            seconds = time.monotonic() - t0
+            console = self.console()[offset : done.end()]
+        if self.config.reboot and not reboot:
+            self._kill_qemu()  # the last life: qemu would only boot the guest again
+        elif reboot:
+            # What the old kernel's command server had not sent is lost with
+            # it; the next boot's server starts the channel afresh.
+            self._cmd_buf = b""
+            t1 = time.monotonic()
+            self._read_until(re.compile(rb"@@KDC-READY@@\n"), t1 + self.config.boot_timeout, "the command server after the reboot")
+            self.boot_seconds = time.monotonic() - t1
+            if self.config.hostroot and b"@@KDC-HOSTROOT@@" not in self.console()[offset:]:
+                raise VmError(f"the guest did not mount the host root after the reboot\n{self.console_tail()}")
         try:
             header = parse_capture_console(console)
         except VmcoreParseError as e:

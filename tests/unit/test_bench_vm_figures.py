@@ -171,3 +171,18 @@ def test_guest_counts_only_crash_loads_with_segments() -> None:
     lines = [_enter(1, 1.0, 0), _exit(1, 1.1), _enter(2, 2.0, 5), _exit(2, 2.5), _enter(3, 3.0, 5), _exit(3, 3.1, "0xfffffffffffffff0"),
              _enter(4, 4.0, 5, flags="3e0000"), _exit(4, 4.1), _exec(5, 4.5)]  # fmt: skip
     assert mod.crash_loads_ok(lines) == 1
+
+
+def test_calibrate_takes_the_uncontended_kdump_coalesce_run() -> None:
+    from bench.calibrate import kdump_coalesce_run
+
+    def run(contended: bool) -> dict[str, Any]:
+        return {"m": {}, "d": {"contended": contended}}
+
+    real = {"240x2g/kdump-coalesce/kexec": run(True), "240x2g/kdump-coalesce/kexec-fast": run(False)}
+    assert kdump_coalesce_run(real, "240x2g") == "240x2g/kdump-coalesce/kexec-fast"
+    real["240x2g/kdump-coalesce/kexec"] = run(False)
+    assert kdump_coalesce_run(real, "240x2g") == "240x2g/kdump-coalesce/kexec"
+    # contended only: still the one there is; none: none
+    assert kdump_coalesce_run({"1x480g/kdump-coalesce/kexec": run(True)}, "1x480g") == "1x480g/kdump-coalesce/kexec"
+    assert kdump_coalesce_run(real, "1x480g") is None

@@ -101,19 +101,32 @@ def _newc(files: list[tuple[str, bytes, int]]) -> bytes:
     return data + b"\0" * (-len(data) % 512)
 
 
-def systemd_initrd(assets: VmAssets, dest: Path) -> Path:
-    """The guest initramfs plus a second archive: the systemd rdinit and overlay.ko."""
+# What mounting an ext4 disk (systemd-init's kdc.rw=DEV) needs beyond the
+# guest initramfs' modules, in load order; all =m in Debian's 6.1 and 6.12
+# (ext4 finds "crc32c" through the crypto API, so crc32c_generic goes first).
+DISK_MODULES = ("crc16", "mbcache", "jbd2", "crc32c_generic", "ext4", "virtio_blk")
+
+
+def _guest_module(assets: VmAssets, name: str, why: str) -> bytes:
     # 6.12 ships its modules xz-compressed (overlay.ko.xz); busybox's insmod takes the plain ELF.
-    overlay = next((p for name in ("overlay.ko", "overlay.ko.xz") for p in (assets.directory / "lib-modules").rglob(name)), None)
-    if overlay is None:
-        pytest.fail(f"no overlay.ko(.xz) in {assets.directory}/lib-modules: the guest cannot lay a tmpfs over the 9p root")
-    module = lzma.decompress(overlay.read_bytes()) if overlay.suffix == ".xz" else overlay.read_bytes()
-    extra = _newc(
-        [
-            ("kdc/systemd-init", INIT.read_bytes(), 0o100755),
-            ("kdc/modules/overlay.ko", module, 0o100644),
-        ]
-    )
+    found = next((p for n in (f"{name}.ko", f"{name}.ko.xz") for p in (assets.directory / "lib-modules").rglob(n)), None)
+    if found is None:
+        pytest.fail(f"no {name}.ko(.xz) in {assets.directory}/lib-modules: {why}")
+    return lzma.decompress(found.read_bytes()) if found.suffix == ".xz" else found.read_bytes()
+
+
+def systemd_initrd(assets: VmAssets, dest: Path, *, persistent: bool = False) -> Path:
+    """The guest initramfs plus a second archive: the systemd rdinit and overlay.ko;
+    with persistent, also what systemd-init needs to mount a kdc.rw= ext4 disk."""
+    files = [
+        ("kdc/systemd-init", INIT.read_bytes(), 0o100755),
+        ("kdc/modules/overlay.ko", _guest_module(assets, "overlay", "the guest cannot lay a tmpfs over the 9p root"), 0o100644),
+    ]
+    if persistent:
+        why = "the guest cannot mount its ext4 disk (kdc.rw=)"
+        files += [(f"kdc/modules/{m}.ko", _guest_module(assets, m, why), 0o100644) for m in DISK_MODULES]
+        files.append(("kdc/extra.load", "".join(f"{m}.ko\n" for m in DISK_MODULES).encode(), 0o100644))
+    extra = _newc(files)
     dest.write_bytes(assets.guest_initrd.read_bytes() + gzip.compress(extra, mtime=0))
     return dest
 
