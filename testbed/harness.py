@@ -545,9 +545,14 @@ class Guest:
         deadline = self.started_at + self.config.boot_timeout
         self._cmd = _connect_unix(self.workdir / "cmd.sock", 20.0)
         self.qmp = QmpClient(self.workdir / "qmp.sock", timeout=20.0)
-        self._read_until(re.compile(rb"@@KDC-READY@@\n"), deadline, "the guest's command server")
-        self.boot_seconds = time.monotonic() - self.started_at
-        if self.config.hostroot and b"@@KDC-HOSTROOT@@" not in self.console():
+        self._await_boot(self.started_at, deadline, "the guest's command server")
+
+    def _await_boot(self, since: float, deadline: float, what: str, console_from: int = 0) -> None:
+        """Until this boot's command server is up (boot_seconds from `since`);
+        its console (past `console_from`) must show the host root mounted."""
+        self._read_until(re.compile(rb"@@KDC-READY@@\n"), deadline, what)
+        self.boot_seconds = time.monotonic() - since
+        if self.config.hostroot and b"@@KDC-HOSTROOT@@" not in self.console()[console_from:]:
             raise VmError(f"the guest did not mount the host root\n{self.console_tail()}")
 
     def alive(self) -> bool:
@@ -789,17 +794,14 @@ class Guest:
             done = self.wait_console(rb"@@KDC-CAPTURE-DONE@@", timeout, after=offset)
             seconds = time.monotonic() - t0
             console = self.console()[offset : done.end()]
-        if self.config.reboot and not reboot:
-            self._kill_qemu()  # the last life: qemu would only boot the guest again
-        elif reboot:
-            # What the old kernel's command server had not sent is lost with
-            # it; the next boot's server starts the channel afresh.
-            self._cmd_buf = b""
-            t1 = time.monotonic()
-            self._read_until(re.compile(rb"@@KDC-READY@@\n"), t1 + self.config.boot_timeout, "the command server after the reboot")
-            self.boot_seconds = time.monotonic() - t1
-            if self.config.hostroot and b"@@KDC-HOSTROOT@@" not in self.console()[offset:]:
-                raise VmError(f"the guest did not mount the host root after the reboot\n{self.console_tail()}")
+            if reboot:
+                # What the old kernel's command server had not sent is lost
+                # with it; the next boot's server starts the channel afresh.
+                self._cmd_buf = b""
+                t1 = time.monotonic()
+                self._await_boot(t1, t1 + self.config.boot_timeout, "the command server after the reboot", console_from=offset)
+            else:
+                self._kill_qemu()  # the last life: qemu would only boot the guest again
         try:
             header = parse_capture_console(console)
         except VmcoreParseError as e:

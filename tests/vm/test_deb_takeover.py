@@ -404,8 +404,8 @@ def test_deb_takes_over_from_real_kdump_tools(vm_assets: VmAssets, tmp_path: Pat
             # kernel's hotplug support, so the kernel put DIMM 3 in the header too.
             assert g.read_text("/sys/devices/system/memory/crash_hotplug").strip() == "1"
             cap = g.crash_and_capture()
-            for d in (dimm1, dimm2, dimm3):
-                assert cap.vmcore.covers(d.addr, d.end), (d, cap.vmcore.describe())
+            for dimm in (dimm1, dimm2, dimm3):
+                assert cap.vmcore.covers(dimm.addr, dimm.end), (dimm, cap.vmcore.describe())
         else:
             # What the crash kernel holds now: the header of the last load that succeeded, by anyone.
             last_ok = [x for x in witness.since(0).loads() if x["ret"] == 0 and x.get("elfcorehdr")][-1]

@@ -107,24 +107,26 @@ def _newc(files: list[tuple[str, bytes, int]]) -> bytes:
 DISK_MODULES = ("crc16", "mbcache", "jbd2", "crc32c_generic", "ext4", "virtio_blk")
 
 
-def _guest_module(assets: VmAssets, name: str, why: str) -> bytes:
-    # 6.12 ships its modules xz-compressed (overlay.ko.xz); busybox's insmod takes the plain ELF.
-    found = next((p for n in (f"{name}.ko", f"{name}.ko.xz") for p in (assets.directory / "lib-modules").rglob(n)), None)
-    if found is None:
-        pytest.fail(f"no {name}.ko(.xz) in {assets.directory}/lib-modules: {why}")
-    return lzma.decompress(found.read_bytes()) if found.suffix == ".xz" else found.read_bytes()
-
-
 def systemd_initrd(assets: VmAssets, dest: Path, *, persistent: bool = False) -> Path:
     """The guest initramfs plus a second archive: the systemd rdinit and overlay.ko;
     with persistent, also what systemd-init needs to mount a kdc.rw= ext4 disk."""
+    lib = assets.directory / "lib-modules"
+    # 6.12 ships its modules xz-compressed (overlay.ko.xz); busybox's insmod takes the plain ELF.
+    found = {p.name.removesuffix(".xz").removesuffix(".ko"): p for p in lib.rglob("*.ko*")}
+
+    def module(name: str, why: str) -> bytes:
+        if name not in found:
+            pytest.fail(f"no {name}.ko(.xz) in {lib}: {why}")
+        data = found[name].read_bytes()
+        return lzma.decompress(data) if found[name].suffix == ".xz" else data
+
     files = [
         ("kdc/systemd-init", INIT.read_bytes(), 0o100755),
-        ("kdc/modules/overlay.ko", _guest_module(assets, "overlay", "the guest cannot lay a tmpfs over the 9p root"), 0o100644),
+        ("kdc/modules/overlay.ko", module("overlay", "the guest cannot lay a tmpfs over the 9p root"), 0o100644),
     ]
     if persistent:
         why = "the guest cannot mount its ext4 disk (kdc.rw=)"
-        files += [(f"kdc/modules/{m}.ko", _guest_module(assets, m, why), 0o100644) for m in DISK_MODULES]
+        files += [(f"kdc/modules/{m}.ko", module(m, why), 0o100644) for m in DISK_MODULES]
         files.append(("kdc/extra.load", "".join(f"{m}.ko\n" for m in DISK_MODULES).encode(), 0o100644))
     extra = _newc(files)
     dest.write_bytes(assets.guest_initrd.read_bytes() + gzip.compress(extra, mtime=0))
