@@ -88,7 +88,7 @@ def kdump_coalesce_run(real: dict[str, dict[str, Any]], layout: str) -> str | No
     qemu ran during it: its burst is not this guest's alone)."""
     keys = [k for k in (f"{layout}/kdump-coalesce/kexec", f"{layout}/kdump-coalesce/kexec-fast") if k in real]
     alone = [k for k in keys if not real[k]["d"].get("contended")]
-    return (alone or keys or [None])[0]
+    return next(iter(alone or keys), None)
 
 
 def fit_vm(paths: Sequence[str], iterations: int) -> ModelParams:
