@@ -93,6 +93,21 @@ def tracefs_write(rel: str, value: str) -> None:
         f.write(value)
 
 
+def kprobe_events_append(line: str) -> None:
+    """Add a probe to kprobe_events without clearing the others (O_TRUNC does).
+
+    Not open(..., "a"): Python seeks to the end of a file it opens for
+    appending, and tracefs' kprobe_events (a seq_file) refuses SEEK_END with
+    EINVAL, so every probe failed "Invalid argument" before the kernel saw
+    it (the 6.12 guest's `kernel` runs of 2026-12-02).  O_APPEND alone is
+    what the shell's >> does."""
+    fd = os.open(os.path.join(TRACEFS, "kprobe_events"), os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
 def tracefs_setup(kprobe: str | None) -> str | None:
     """Enable the events; return why the kprobe could not be set (or None)."""
     tracefs_write("tracing_on", "0\n")
@@ -107,10 +122,8 @@ def tracefs_setup(kprobe: str | None) -> str | None:
         errors = []
         for sym in kprobe.split(","):  # the first symbol the kernel lets us probe
             try:
-                with open(os.path.join(TRACEFS, "kprobe_events"), "a") as f:
-                    f.write(f"p:kdc/kdc_chp_enter {sym}\n")
-                with open(os.path.join(TRACEFS, "kprobe_events"), "a") as f:
-                    f.write(f"r:kdc/kdc_chp_exit {sym}\n")
+                kprobe_events_append(f"p:kdc/kdc_chp_enter {sym}\n")
+                kprobe_events_append(f"r:kdc/kdc_chp_exit {sym}\n")
                 tracefs_write("events/kdc/enable", "1\n")
                 kprobe_error = None if sym == kprobe.split(",")[0] else f"kprobe on {sym} ({'; '.join(errors)})"
                 break
