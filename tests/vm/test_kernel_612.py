@@ -113,6 +113,32 @@ class KexecWitness:
         return out
 
 
+class KernelHeaderUpdates:
+    """Every header rewrite the kernel makes itself from now on: a kprobe on
+    arch_crash_handle_hotplug_event, in the same tracefs buffer as KexecWitness
+    (start it after the witness, which clears the buffer).
+
+    crash_handle_hotplug_event() (kernel/crash_core.c) runs for every CPU
+    and memory-block online/offline, but reaches the arch rewrite only when
+    a crash image is loaded with hotplug support and the kexec lock was
+    free; so the probe's hits are the updates that happened, one per event,
+    and none while the daemon manages the header.  A shell `>>` (O_APPEND,
+    no seek: kprobe_events refuses SEEK_END, see tools/vm/bench-guest.py).
+    """
+
+    EVENT = "kdc_kupd"
+
+    def __init__(self, guest: Guest) -> None:
+        self.guest = guest
+        guest.run(
+            f"echo 'p:kdc/{self.EVENT} arch_crash_handle_hotplug_event' >> {TRACEFS}/kprobe_events && "
+            f"echo 1 > {TRACEFS}/events/kdc/{self.EVENT}/enable"
+        )
+
+    def count(self) -> int:
+        return len(re.findall(rf"\s{self.EVENT}: \(arch_crash_handle_hotplug_event", self.guest.run(f"cat {TRACEFS}/trace").text))
+
+
 # --------------------------------------------------------------------------
 # Helpers
 
@@ -307,6 +333,8 @@ def test_hand_over_one_load_then_kernel_updates(boot_guest: BootGuest) -> None:
     assert g.crash_hotplug() == (1, 1)
     st = _status(g)
     assert (st.get("backend"), st.get("kernel_hotplug")) == ("kernel", "handed-over"), st
+    updates = KernelHeaderUpdates(g)
+    block = int(g.read_text("/sys/devices/system/memory/block_size_bytes").strip(), 16)
     dimm = g.hotplug_dimm(GIB)
     cpu = g.hotplug_cpu(online=True)
     trace = d.wait(
@@ -318,8 +346,12 @@ def test_hand_over_one_load_then_kernel_updates(boot_guest: BootGuest) -> None:
     assert len(_loads(trace)) == 1, "a load after the hand-over:\n" + _describe(trace)
     assert len(witness.calls()) == 1, witness.calls()
     assert g.crash_hotplug() == (1, 1)
+    # The kernel, not a reload, put them in the header: one rewrite per
+    # memory block onlined and one for the CPU.
+    n_updates = updates.count()
+    assert n_updates == GIB // block + 1, g.run(f"cat {TRACEFS}/trace").text[-3000:]
     cap = g.crash_and_capture()
-    print(f"hand-over: {cap.vmcore.describe()}")
+    print(f"hand-over: {cap.vmcore.describe()}; {n_updates} in-kernel header updates")
     assert cap.vmcore.covers(dimm.addr, dimm.end), cap.vmcore.describe()
     assert cap.vmcore.cpu_notes == 3, cap.vmcore.describe()
 
