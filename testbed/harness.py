@@ -606,8 +606,7 @@ class Guest:
 
     def console_tail(self, lines: int = 40) -> str:
         text = self.console().decode("utf-8", "replace").replace("\r", "")
-        tail = "\n".join(text.splitlines()[-lines:])
-        return f"--- {self.name} console (last {lines} lines, {self.console_path}) ---\n{tail}\n---"
+        return f"--- {self.name} console ({self.console_path}) ---\n{console_excerpt(text, lines)}\n---"
 
     def wait_console(self, pattern: bytes, timeout: float, after: int = 0) -> re.Match[bytes]:
         """Wait until `pattern` (a regex) shows on the console past byte `after`."""
@@ -1029,6 +1028,26 @@ class UeventRecorder:
                 raise GuestTimeout(f"uevent listener did not stop: {self.log()}")
             time.sleep(0.1)
         return self.messages()
+
+
+# The first kernel's own report of why it died.  A guest that panics runs
+# its capture kernel, whose output fills the console's tail: without this
+# the panic that started it is out of the excerpt (and the console file is
+# removed with the guest unless KDC_VM_KEEP is set).
+_CONSOLE_FAULT = re.compile(r"Kernel panic - not syncing|\bBUG: |\bOops: |general protection fault|\bRIP: ")
+
+
+def console_excerpt(text: str, lines: int = 40, context: int = 30) -> str:
+    """The console's last `lines` lines, preceded by `context` lines from the
+    first panic/oops/BUG when that is further up."""
+    all_lines = text.splitlines()
+    start_tail = max(0, len(all_lines) - lines)
+    tail = "\n".join(all_lines[start_tail:])
+    first = next((i for i, line in enumerate(all_lines[:start_tail]) if _CONSOLE_FAULT.search(line)), None)
+    if first is None:
+        return f"(last {lines} lines)\n{tail}"
+    head = "\n".join(all_lines[max(0, first - 5) : min(first + context, start_tail)])
+    return f"(the first fault, from line {max(0, first - 5) + 1})\n{head}\n(last {lines} lines)\n{tail}"
 
 
 def uevent_fields(msg: bytes) -> dict[str, str]:

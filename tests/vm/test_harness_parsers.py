@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from testbed.harness import crash_kernel, merge_ranges, parse_cpu_list, parse_trace, subtract_range, system_ram, uevent_fields
+from testbed.harness import console_excerpt, crash_kernel, merge_ranges, parse_cpu_list, parse_trace, subtract_range, system_ram, uevent_fields
 from testbed.vmcore import NT_PRSTATUS, VmcoreParseError, parse_capture_console, parse_vmcore_header
 
 
@@ -114,3 +114,20 @@ def test_capture_decodes_with_a_printk_inside_a_base64_line() -> None:
         pass
     else:
         raise AssertionError("a line with foreign text must not decode")
+
+
+def test_console_excerpt_keeps_the_first_panic_above_the_capture_kernel() -> None:
+    first = [f"[    1.{i:03d}] boot line {i}" for i in range(50)]
+    fault = ["[   40.000000] BUG: kernel NULL pointer dereference, address: 0000000000000008",
+             "[   40.000001] RIP: 0010:some_function+0x12/0x40",
+             "[   40.000002] Kernel panic - not syncing: Fatal exception"]
+    capture = [f"capture line {i}" for i in range(100)]
+    out = console_excerpt("\n".join(first + fault + capture), lines=40)
+    assert "BUG: kernel NULL pointer dereference" in out and "Fatal exception" in out
+    assert out.index("BUG: kernel NULL") < out.index("capture line 60")
+    assert "capture line 99" in out and "capture line 59" not in out
+    # Nothing to add when there is no fault, or when it is inside the tail already.
+    quiet = console_excerpt("\n".join(first + capture), lines=40)
+    assert "first fault" not in quiet and "boot line 49" not in quiet
+    near = console_excerpt("\n".join(capture + fault), lines=40)
+    assert "first fault" not in near and near.count("Fatal exception") == 1
