@@ -1046,8 +1046,9 @@ def console_excerpt(text: str, lines: int = 40, context: int = 30) -> str:
     first = next((i for i, line in enumerate(all_lines[:start_tail]) if _CONSOLE_FAULT.search(line)), None)
     if first is None:
         return f"(last {lines} lines)\n{tail}"
-    head = "\n".join(all_lines[max(0, first - 5) : min(first + context, start_tail)])
-    return f"(the first fault, from line {max(0, first - 5) + 1})\n{head}\n(last {lines} lines)\n{tail}"
+    start = max(0, first - 5)
+    head = "\n".join(all_lines[start : min(first + context, start_tail)])
+    return f"(the first fault, from line {start + 1})\n{head}\n(last {lines} lines)\n{tail}"
 
 
 def uevent_fields(msg: bytes) -> dict[str, str]:

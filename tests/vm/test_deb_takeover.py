@@ -49,6 +49,7 @@ from typing import Any
 import pytest
 
 from testbed.harness import CAPTURE_APPEND, GIB, GUEST_XFER, TRIXIE_ROOT, Dimm, Guest, GuestConfig, VmAssets
+from testbed.hotplug import block_size
 from tests.vm.test_service_systemd import APPEND, systemd_initrd
 
 pytestmark = pytest.mark.vm
@@ -308,7 +309,7 @@ def test_deb_takes_over_from_real_kdump_tools(vm_assets: VmAssets, tmp_path: Pat
         res = g.run("systemctl is-active kdump-tools; systemctl is-enabled kdump-tools; cat /sys/kernel/kexec_crash_loaded", check=False)
         assert res.text.split()[-3:] == ["active", "enabled", "1"], out + res.text + g.run("journalctl -b -u kdump-tools --no-pager | tail -30", check=False).text
         assert g.run(f"grep -c 'kdump-config try-reload' /lib/udev/rules.d/{RULE}").text.strip() == "5"
-        block = int(g.read_text("/sys/devices/system/memory/block_size_bytes").strip(), 16)
+        block = block_size(g)
         blocks = DIMM // block
         # tracefs/debugfs: what systemd mounts on demand on a real host (its
         # own mount units; the test's minimal boot target does not pull them

@@ -55,6 +55,7 @@ from testbed.harness import (
     merge_ranges,
     system_ram,
 )
+from testbed.hotplug import block_size
 
 pytestmark = [pytest.mark.vm, pytest.mark.kernels("6.12")]
 
@@ -170,7 +171,7 @@ def _ram_covers(g: Guest, dimm: Dimm) -> bool:
 
 
 def _blocks(g: Guest, dimm: Dimm) -> list[int]:
-    size = int(g.read_text("/sys/devices/system/memory/block_size_bytes").strip(), 16)
+    size = block_size(g)
     return list(range(dimm.addr // size, dimm.end // size))
 
 
@@ -334,7 +335,7 @@ def test_hand_over_one_load_then_kernel_updates(boot_guest: BootGuest) -> None:
     st = _status(g)
     assert (st.get("backend"), st.get("kernel_hotplug")) == ("kernel", "handed-over"), st
     updates = KernelHeaderUpdates(g)
-    block = int(g.read_text("/sys/devices/system/memory/block_size_bytes").strip(), 16)
+    block = block_size(g)
     dimm = g.hotplug_dimm(GIB)
     cpu = g.hotplug_cpu(online=True)
     trace = d.wait(
